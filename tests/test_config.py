@@ -1,0 +1,71 @@
+"""Strict recipes and overrides: a misspelled key is an error, never silently ignored."""
+
+import pytest
+
+from uda_reid.config import (
+    RunConfig,
+    apply_overrides,
+    config_from_dict,
+    config_to_dict,
+    find_recipe,
+    load_recipe,
+    parse_set_options,
+    recipes_dir,
+)
+from uda_reid.errors import ConfigError
+
+
+def test_recipe_overrides_defaults_and_keeps_the_rest(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text("dataset: dukemtmc\noptim:\n  lr: 1.0e-4\n  milestones: [5, 9]\n")
+    config = load_recipe(path)
+    assert config.dataset == "dukemtmc"
+    assert config.optim.lr == 1e-4 and config.optim.milestones == [5, 9]
+    assert config.optim.weight_decay == RunConfig().optim.weight_decay
+
+
+def test_unknown_recipe_key_names_key_file_and_valid_keys(tmp_path):
+    path = tmp_path / "typo.yaml"
+    path.write_text("optim:\n  lrr: 0.1\n")
+    with pytest.raises(ConfigError, match=r"typo.yaml.optim: unknown key 'lrr'; valid keys: optimizer, lr"):
+        load_recipe(path)
+
+
+def test_wrong_value_type_is_rejected(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("train:\n  epochs: many\n")
+    with pytest.raises(ConfigError, match=r"train.epochs: expected an integer, got 'many'"):
+        load_recipe(path)
+
+
+def test_overrides_parse_yaml_values_and_nested_keys():
+    config = apply_overrides(RunConfig(), parse_set_options(["optim.lr=2e-4", "model.extra_bn=true", "model.init=null"]))
+    assert config.optim.lr == pytest.approx(2e-4)
+    assert config.model.extra_bn is True and config.model.init is None
+    with pytest.raises(ConfigError, match="--set expects KEY=VALUE"):
+        parse_set_options(["optim.lr"])
+    with pytest.raises(ConfigError, match="unknown key 'nope'"):
+        apply_overrides(RunConfig(), {"nope.x": 1})
+
+
+def test_overrides_do_not_modify_the_input_config():
+    config = RunConfig()
+    apply_overrides(config, {"optim.lr": 1.0, "data.height": 64})
+    assert config.optim.lr == RunConfig().optim.lr and config.data.height == 256
+
+
+def test_config_round_trips_through_a_plain_dict():
+    config = apply_overrides(RunConfig(), {"model.arch": "resnet18", "eval_datasets": ["synthm"]})
+    assert config_from_dict(config_to_dict(config)) == config
+
+
+def test_every_shipped_recipe_loads_strictly():
+    recipes = sorted(recipes_dir().glob("*.yaml"))
+    assert recipes, "recipes/ is empty"
+    for path in recipes:
+        assert isinstance(load_recipe(path), RunConfig), path
+
+
+def test_unknown_recipe_name_lists_known_ones():
+    with pytest.raises(ConfigError, match="known recipes: .*supervised"):
+        find_recipe("no_such_recipe")

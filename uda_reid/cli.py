@@ -1,0 +1,199 @@
+"""The ``udareid`` command line.
+
+Each command is a thin layer: parse options, build a ``RunConfig`` (recipe, then flags), call
+the library. Errors caused by user input (``UdaReidError``) are printed as one clear line, not
+as a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .config import RunConfig, apply_overrides, find_recipe, load_recipe, parse_set_options
+from .errors import ConfigError, UdaReidError
+
+
+class _Group(click.Group):
+    """Turns UdaReidError into click's one-line ``Error: ...`` and exit code 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except UdaReidError as error:
+            raise click.ClickException(str(error)) from None
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="uda_reid")
+def cli() -> None:
+    """Unsupervised person re-identification: UDA and USL with a cluster -> adapt loop."""
+
+
+# --------------------------------------------------------------------------- shared options
+def _data_root_option(f):
+    return click.option(
+        "--data-root",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=None,
+        help="Folder holding the datasets (default: $UDAREID_DATA, else ~/.cache/udareid/data).",
+    )(f)
+
+
+def _device_option(f):
+    return click.option(
+        "--device", default=None, help="auto (cuda when available, else cpu), cpu, cuda or cuda:N."
+    )(f)
+
+
+def _resolve_config(recipe: str, overrides: dict[str, Any], set_options: tuple[str, ...]) -> RunConfig:
+    """Recipe file, then the explicit flags, then ``--set key=value`` pairs."""
+    config = load_recipe(find_recipe(recipe))
+    config = apply_overrides(config, {k: v for k, v in overrides.items() if v is not None}, "option")
+    return apply_overrides(config, parse_set_options(set_options), "--set")
+
+
+def _prepare_run_dir(out: Path, resume: bool) -> None:
+    """Never silently overwrite an earlier run's checkpoints."""
+    if resume:
+        if not (out / "last.pt").exists():
+            raise ConfigError(f"--resume: no {out / 'last.pt'} to resume from")
+        return
+    if (out / "last.pt").exists():
+        raise ConfigError(
+            f"--out {out} already holds a run (last.pt); pass --resume to continue it or choose another --out"
+        )
+
+
+# --------------------------------------------------------------------------- train
+@cli.command()
+@click.option("--dataset", required=True, help="Labelled dataset to train on (e.g. market1501, synthx).")
+@click.option("--recipe", default=None, help="Recipe file or name in recipes/ (default: supervised_<dataset> if it exists, else supervised).")
+@_data_root_option
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None, help="Run folder (default: runs/train_<dataset>).")
+@click.option("--init", default=None, help="Initial weights: imagenet:PATH, lup:PATH, upreid:PATH or a uda_reid checkpoint.")
+@click.option("--arch", default=None, help="Backbone (resnet18, resnet34, resnet50, resnet101).")
+@click.option("--epochs", type=int, default=None)
+@click.option("--eval-on", "eval_on", multiple=True, help="Also evaluate the final model on this dataset (repeatable).")
+@_device_option
+@click.option("--seed", type=int, default=None)
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its last.pt.")
+@click.option("--set", "set_options", multiple=True, metavar="KEY=VALUE", help="Override any recipe key, e.g. --set optim.lr=1e-4.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def train(dataset, recipe, data_root, out, init, arch, epochs, eval_on, device, seed, resume, set_options, quiet):
+    """Supervised training (ID + triplet) on a labelled dataset; stage 1 of UDA."""
+    from .config import recipes_dir
+    from .engine.supervised import train_supervised
+
+    if recipe is None:
+        recipe = f"supervised_{dataset}" if (recipes_dir() / f"supervised_{dataset}.yaml").exists() else "supervised"
+    overrides = {
+        "dataset": dataset,
+        "model.init": init,
+        "model.arch": arch,
+        "train.epochs": epochs,
+        "device": device,
+        "seed": seed,
+        "eval_datasets": list(eval_on) if eval_on else None,
+    }
+    config = _resolve_config(recipe, overrides, set_options)
+    out = out or Path("runs") / f"train_{dataset}"
+    _prepare_run_dir(out, resume)
+    summary = train_supervised(config, out, data_root=data_root, resume=resume, progress=not quiet)
+    click.echo(f"run folder: {out}")
+    for name, figures in summary["final"].items():
+        click.echo(f"{name:>12}: " + "  ".join(f"{k} {v:5.1f}" for k, v in figures.items()))
+
+
+# --------------------------------------------------------------------------- evaluate
+@cli.command()
+@click.option("--dataset", required=True, help="Dataset whose query/gallery split is evaluated.")
+@click.option("--weights", required=True, help="A uda_reid checkpoint (best.pt / last.pt), or imagenet:PATH / lup:PATH / upreid:PATH with --arch.")
+@click.option("--arch", default="resnet50", show_default=True, help="Backbone, for weights that are not a uda_reid checkpoint.")
+@click.option("--recipe", default=None, help="Recipe for image size and normalisation (default: the checkpoint's own config).")
+@_data_root_option
+@_device_option
+@click.option("--rerank", is_flag=True, help="k-reciprocal re-ranking (k1=20, k2=6, lambda=0.3).")
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def evaluate(dataset, weights, arch, recipe, data_root, device, rerank, as_json, quiet):
+    """mAP and Rank-1/5/10 of a model on a dataset's query/gallery (Market protocol)."""
+    from .data.datasets import load_dataset
+    from .engine.device import resolve_device
+    from .evaluation.protocol import evaluate_model
+    from .models.factory import model_from_weights
+
+    model, config = model_from_weights(weights, arch)
+    if recipe is not None:
+        config = load_recipe(find_recipe(recipe), base=config)
+    torch_device = resolve_device(device or "auto")
+    data = load_dataset(dataset, data_root)
+    reranker = None
+    if rerank:
+        from .evaluation.rerank import re_rank
+
+        reranker = re_rank
+    figures = evaluate_model(model.to(torch_device), data, config.data, device=torch_device, progress=not quiet, rerank=reranker)
+    if as_json:
+        click.echo(json.dumps({"dataset": data.name, "weights": str(weights), "rerank": rerank, **figures}))
+    else:
+        click.echo(f"{data.name}: " + "  ".join(f"{k} {v:.1f}" for k, v in figures.items()))
+
+
+# --------------------------------------------------------------------------- synth
+@cli.command()
+@click.option("--domain", type=click.Choice(["synthx", "synthm", "all"]), default="all", show_default=True)
+@_data_root_option
+@click.option("--num-train-ids", type=int, default=None, help="Identities in the train split (default: the domain's).")
+@click.option("--num-test-ids", type=int, default=None, help="Identities in query/gallery (default: the domain's).")
+@click.option("--seed", type=int, default=None)
+@click.option("--overwrite", is_flag=True, help="Regenerate even if the folder exists.")
+@click.option("--montage", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Also save a grid of sample images (PNG; one per domain, suffixed).")
+def synth(domain, data_root, num_train_ids, num_test_ids, seed, overwrite, montage):
+    """Generate the built-in synthetic domains (Market-1501 layout) under the data root."""
+    from .data.datasets import resolve_data_root
+    from .data.synthetic import generate_domain, save_montage
+
+    root = resolve_data_root(data_root)
+    for name in (["synthx", "synthm"] if domain == "all" else [domain]):
+        folder = generate_domain(
+            root, name, num_train_ids=num_train_ids, num_test_ids=num_test_ids, seed=seed, overwrite=overwrite
+        )
+        click.echo(f"{name}: {folder}")
+        if montage is not None:
+            target = montage.with_name(f"{montage.stem}_{name}{montage.suffix or '.png'}")
+            save_montage(folder, target)
+            click.echo(f"{name}: montage {target}")
+
+
+# --------------------------------------------------------------------------- data
+@cli.group()
+def data() -> None:
+    """Inspect datasets."""
+
+
+@data.command("stats")
+@click.option("--dataset", required=True)
+@click.option("--root", "data_root", type=click.Path(file_okay=False, path_type=Path), default=None, help="Data root (default: $UDAREID_DATA, else ~/.cache/udareid/data).")
+@click.option("--json", "as_json", is_flag=True)
+def data_stats(dataset, data_root, as_json):
+    """Images / ids / cameras per split (train, query, gallery)."""
+    from .data.datasets import format_stats, load_dataset
+
+    loaded = load_dataset(dataset, data_root)
+    if as_json:
+        click.echo(json.dumps({"dataset": loaded.name, "root": str(loaded.root), "layout": loaded.layout, **loaded.stats()}))
+    else:
+        click.echo(format_stats(loaded))
+
+
+def main(argv: list[str] | None = None) -> None:
+    cli.main(args=argv, prog_name="udareid")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,94 @@
+"""Validation of the feature matrices that enter the clustering stage.
+
+Every step of the stage (kNN, Jaccard, clusterers, re-ranking) starts from the same checks, so a user
+whose extractor produced NaNs, an empty split or a 3-D tensor gets one clear error naming the rows or
+the shape, instead of a faiss crash or silently wrong pseudo-labels.
+"""
+
+from __future__ import annotations
+
+from typing import Union
+
+import numpy as np
+import torch
+
+from ..errors import UdaReidError
+
+FeatureArray = Union[np.ndarray, torch.Tensor]
+
+
+class InvalidFeaturesError(UdaReidError, ValueError):
+    """Features (or an option that depends on them) cannot be clustered as given."""
+
+
+def _describe_rows(rows: np.ndarray, limit: int = 10) -> str:
+    shown = ", ".join(str(int(r)) for r in rows[:limit])
+    more = f", ... ({len(rows) - limit} more)" if len(rows) > limit else ""
+    return f"{len(rows)} row(s): {shown}{more}"
+
+
+def as_float32_features(features: FeatureArray, *, name: str = "features") -> torch.Tensor:
+    """Return an N×D float32 torch tensor view/copy of ``features`` after checking it.
+
+    Accepts numpy arrays and torch tensors (any device) of a floating dtype; float16/float64 are
+    converted to float32. The input object is never modified (a copy is made when the dtype changes;
+    callers must not write into the result).
+    """
+    if isinstance(features, np.ndarray):
+        if not np.issubdtype(features.dtype, np.floating):
+            raise InvalidFeaturesError(
+                f"{name} must be a floating-point N×D array; received dtype {features.dtype}"
+            )
+        if features.dtype == np.float16:
+            features = features.astype(np.float32)
+        tensor = torch.from_numpy(np.ascontiguousarray(features))
+    elif isinstance(features, torch.Tensor):
+        if not torch.is_floating_point(features):
+            raise InvalidFeaturesError(
+                f"{name} must be a floating-point N×D tensor; received dtype {features.dtype}"
+            )
+        tensor = features.detach()
+    else:
+        raise InvalidFeaturesError(
+            f"{name} must be a numpy array or torch tensor of shape N×D; "
+            f"received {type(features).__name__}"
+        )
+    if tensor.dim() != 2:
+        raise InvalidFeaturesError(
+            f"{name} must be 2-D (N samples × D dims); received shape {tuple(tensor.shape)}"
+        )
+    if tensor.shape[0] == 0 or tensor.shape[1] == 0:
+        raise InvalidFeaturesError(
+            f"{name} is empty: received shape {tuple(tensor.shape)}, expected N ≥ 1 rows and D ≥ 1 dims"
+        )
+    tensor = tensor.to(torch.float32).contiguous()
+    finite_rows = torch.isfinite(tensor).all(dim=1)
+    if not bool(finite_rows.all()):
+        bad = torch.nonzero(~finite_rows).flatten().cpu().numpy()
+        raise InvalidFeaturesError(f"{name} contain NaN or inf values in {_describe_rows(bad)}")
+    return tensor
+
+
+def l2_normalised(features: FeatureArray, *, name: str = "features") -> torch.Tensor:
+    """Checked N×D float32 copy of ``features`` with unit-length rows (the cosine geometry of §1).
+
+    Rows of zero length cannot be normalised and are reported by index.
+    """
+    tensor = as_float32_features(features, name=name)
+    norms = torch.linalg.vector_norm(tensor, dim=1)
+    zero = norms == 0
+    if bool(zero.any()):
+        bad = torch.nonzero(zero).flatten().cpu().numpy()
+        raise InvalidFeaturesError(f"{name} have zero length (cannot be L2-normalised) in {_describe_rows(bad)}")
+    return tensor / norms[:, None]
+
+
+def check_neighbor_count(num_samples: int, k: int, *, option: str) -> None:
+    """Self-kNN with k neighbours (self included) needs more than k samples."""
+    if k < 1:
+        raise InvalidFeaturesError(f"{option} must be ≥ 1; received {k}")
+    if num_samples <= k:
+        raise InvalidFeaturesError(
+            f"{option}={k} needs more than {k} samples; received N={num_samples} "
+            f"(lower {option} or cluster more samples)"
+        )

@@ -1,0 +1,249 @@
+"""Typed run configuration, strict YAML recipes and command-line overrides.
+
+The dataclass defaults are the paper-scale settings; a recipe (one YAML per published setting in
+``recipes/``) overrides them, and command-line flags override the recipe. Recipes are strict: a
+misspelled key is an error naming the key, the file and the valid keys, never silently ignored.
+The resolved configuration is saved in every run folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+import uda_reid
+
+from .errors import ConfigError
+
+NORMALIZATIONS: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    # LUPerson fine-tuning configs (what fine-tuning from LUP weights uses) ...
+    "lup": ((0.3525, 0.3106, 0.3140), (0.2505, 0.2522, 0.2504)),
+    # ... and the statistics LUPerson's MoCo pre-training itself used.
+    "lup_pretrain": ((0.3525, 0.3106, 0.3140), (0.2660, 0.2522, 0.2505)),
+}
+
+
+@dataclass
+class DataConfig:
+    """Images, augmentation and batching."""
+
+    height: int = 256
+    width: int = 128
+    normalization: str = "imagenet"  # key of NORMALIZATIONS
+    interpolation: str = "bicubic"
+    flip_prob: float = 0.5
+    pad: int = 10
+    random_erasing_prob: float = 0.5
+    num_instances: int = 4  # K of a P×K batch
+    batch_size: int = 64  # P·K
+    eval_batch_size: int = 128
+    workers: int = 4
+    skip_unreadable: bool = False  # warn and skip unreadable images instead of stopping
+
+
+@dataclass
+class ModelConfig:
+    """Backbone, pooling, neck and initial weights."""
+
+    arch: str = "resnet50"
+    last_stride: int = 1
+    pooling: str = "avg"
+    neck: bool = True
+    extra_bn: bool | None = None  # None: on for LUPerson / UP-ReID initialisations
+    init: str | None = None  # imagenet:PATH | lup:PATH | upreid:PATH | PATH of a uda_reid checkpoint
+
+
+@dataclass
+class OptimConfig:
+    """Optimiser and learning-rate schedule (linear warm-up, then steps)."""
+
+    optimizer: str = "adam"  # adam | sgd
+    lr: float = 3.5e-4
+    weight_decay: float = 5e-4
+    momentum: float = 0.9  # sgd only
+    warmup_epochs: int = 10
+    warmup_factor: float = 0.01
+    milestones: list[int] = field(default_factory=lambda: [40, 70])
+    gamma: float = 0.1
+
+
+@dataclass
+class TrainConfig:
+    """Supervised training (ID loss + batch-hard triplet); also stage 1 of UDA."""
+
+    epochs: int = 80
+    iters_per_epoch: int = 200  # 0: one pass over the identities
+    label_smoothing: float = 0.1
+    triplet_margin: float = 0.0  # 0: soft margin softplus(d_ap − d_an)
+    id_loss_weight: float = 1.0
+    triplet_loss_weight: float = 1.0
+    eval_every: int = 10
+
+
+@dataclass
+class RunConfig:
+    """Everything one run needs; saved as ``config.yaml`` in the run folder."""
+
+    dataset: str = "market1501"
+    eval_datasets: list[str] = field(default_factory=list)  # extra domains evaluated at the end
+    seed: int = 1
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def recipes_dir() -> Path:
+    """The repository's ``recipes/`` folder (the package is installed in editable mode)."""
+    return Path(os.environ.get("UDAREID_RECIPES", Path(uda_reid.__file__).resolve().parents[1] / "recipes"))
+
+
+def find_recipe(name_or_path: str | os.PathLike) -> Path:
+    """A recipe file given as a path, or by name (``spcl_market`` -> ``recipes/spcl_market.yaml``)."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") and path.exists():
+        return path
+    candidate = recipes_dir() / f"{path.name.removesuffix('.yaml')}.yaml"
+    if candidate.exists():
+        return candidate
+    known = sorted(p.stem for p in recipes_dir().glob("*.yaml"))
+    raise ConfigError(
+        f"recipe {str(name_or_path)!r} not found (looked for the file and for {candidate}); "
+        f"known recipes: {', '.join(known) or '(none)'}"
+    )
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Check ``value`` against the annotation ``tp`` (the few kinds configs use)."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(tp)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(value, option, where)
+            except ConfigError as error:
+                errors.append(str(error))
+        raise ConfigError(errors[0] if errors else f"{where}: invalid value {value!r}")
+    if origin is list:
+        (item_type,) = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list of {_type_name(item_type)}, got {value!r}")
+        return [_coerce(item, item_type, f"{where}[{i}]") for i, item in enumerate(value)]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.lower() in ("true", "yes", "1")
+        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, (int, str)):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        try:
+            return int(value)
+        except ValueError:
+            raise ConfigError(f"{where}: expected an integer, got {value!r}") from None
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        try:
+            return float(value)
+        except ValueError:
+            raise ConfigError(f"{where}: expected a number, got {value!r}") from None
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{where}: unsupported config type {tp!r}")
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def update_dataclass(obj: Any, values: Mapping[str, Any], where: str) -> Any:
+    """A copy of dataclass ``obj`` with ``values`` applied; unknown keys are errors."""
+    if not isinstance(values, Mapping):
+        raise ConfigError(f"{where}: expected a mapping of keys, got {values!r}")
+    types_by_name = _field_types(type(obj))
+    changes: dict[str, Any] = {}
+    for key, value in values.items():
+        if key not in types_by_name:
+            raise ConfigError(
+                f"{where}: unknown key {key!r}; valid keys: {', '.join(types_by_name)}"
+            )
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            changes[key] = update_dataclass(current, value, f"{where}.{key}")
+        else:
+            changes[key] = _coerce(value, types_by_name[key], f"{where}.{key}")
+    return dataclasses.replace(obj, **changes)
+
+
+def load_recipe(path: str | os.PathLike, base: RunConfig | None = None) -> RunConfig:
+    """Apply the recipe file at ``path`` on top of ``base`` (defaults when None)."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"recipe file {path} does not exist") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"recipe file {path} is not valid YAML: {error}") from None
+    return update_dataclass(base or RunConfig(), data, str(path))
+
+
+def apply_overrides(config: RunConfig, overrides: Mapping[str, Any], where: str = "option") -> RunConfig:
+    """Apply dotted overrides such as ``{"optim.lr": 1e-4}`` (values may be YAML strings)."""
+    for dotted, value in overrides.items():
+        if isinstance(value, str):
+            try:
+                value = yaml.safe_load(value)
+            except yaml.YAMLError:
+                pass
+        nested: Any = value
+        for part in reversed(dotted.split(".")):
+            nested = {part: nested}
+        config = update_dataclass(config, nested, f"{where} {dotted}")
+    return config
+
+
+def parse_set_options(items: tuple[str, ...] | list[str]) -> dict[str, str]:
+    """``["optim.lr=1e-4", ...]`` -> ``{"optim.lr": "1e-4"}`` (from repeated ``--set``)."""
+    parsed: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set expects KEY=VALUE (e.g. optim.lr=1e-4), got {item!r}")
+        parsed[key.strip()] = value.strip()
+    return parsed
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def config_from_dict(data: Mapping[str, Any]) -> RunConfig:
+    return update_dataclass(RunConfig(), data, "saved config")
+
+
+def save_config(config: RunConfig, path: str | os.PathLike) -> None:
+    from .fileio import atomic_write_text
+
+    atomic_write_text(Path(path), yaml.safe_dump(config_to_dict(config), sort_keys=False))

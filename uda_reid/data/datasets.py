@@ -1,0 +1,238 @@
+"""The dataset registry: every dataset a run can name, each returning train/query/gallery samples.
+
+A dataset is registered where its loader is defined (`@DATASETS.register("market1501")`). A loader
+takes the data root and its own keyword options and returns a :class:`ReidDataset`; the parsing of
+real layouts lives in :mod:`uda_reid.data.layouts`. :func:`load_dataset` is the one entry point.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from ..errors import ConfigError, DatasetLayoutError
+from ..registry import Registry
+from .layouts import (
+    MSMT_CAMERAS,
+    NamingRule,
+    Sample,
+    find_dataset_folder,
+    has_msmt_lists,
+    layout_sketch,
+    market_style_tree,
+    msmt_tree,
+    read_image_folder,
+    read_market_style,
+    read_msmt_lists,
+)
+
+__all__ = [
+    "DATASETS",
+    "ReidDataset",
+    "Sample",
+    "format_stats",
+    "load_dataset",
+    "resolve_data_root",
+]
+
+DATA_ROOT_ENV = "UDAREID_DATA"
+DEFAULT_DATA_ROOT = Path("~/.cache/udareid/data")
+SPLITS = ("train", "query", "gallery")
+
+
+@dataclass
+class ReidDataset:
+    """The three splits of one dataset, plus where and in which layout it was found."""
+
+    name: str
+    root: Path
+    train: list[Sample]
+    query: list[Sample]
+    gallery: list[Sample]
+    layout: str
+
+    def stats(self) -> dict[str, dict[str, int]]:
+        """Images, identities (unlabeled -1 not counted) and cameras per split."""
+        return {
+            split: {
+                "images": len(samples),
+                "ids": len({s.pid for s in samples if s.pid >= 0}),
+                "cameras": len({s.camid for s in samples}),
+            }
+            for split, samples in zip(SPLITS, (self.train, self.query, self.gallery))
+        }
+
+    @property
+    def num_train_ids(self) -> int:
+        return len({s.pid for s in self.train if s.pid >= 0})
+
+    @property
+    def num_cameras(self) -> int:
+        """Size of the camera index over all splits (max camid + 1), so camids can index arrays."""
+        camids = [s.camid for split in (self.train, self.query, self.gallery) for s in split]
+        return max(camids) + 1 if camids else 0
+
+
+DatasetLoader = Callable[..., ReidDataset]
+DATASETS: Registry[DatasetLoader] = Registry("dataset", "--dataset")
+
+
+def resolve_data_root(root: str | os.PathLike | None = None) -> Path:
+    """The folder holding all datasets: the argument, else $UDAREID_DATA, else ~/.cache/udareid/data."""
+    if root is None or str(root) == "":
+        root = os.environ.get(DATA_ROOT_ENV) or DEFAULT_DATA_ROOT
+    return Path(root).expanduser().absolute()
+
+
+def load_dataset(name: str, root: str | os.PathLike | None = None, **options) -> ReidDataset:
+    """Load dataset `name` from the data root; `options` are the dataset's own (e.g. variant=...)."""
+    loader = DATASETS.get(name)
+    parameters = inspect.signature(loader).parameters.values()
+    accepted = [p.name for p in parameters if p.kind is inspect.Parameter.KEYWORD_ONLY]
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        takes = ", ".join(accepted) if accepted else "no options"
+        raise ConfigError(f"dataset {name!r} got unknown option(s) {', '.join(unknown)}; it takes: {takes}")
+    return loader(resolve_data_root(root), **options)
+
+
+def format_stats(dataset: ReidDataset) -> str:
+    """An aligned table of images / ids / cameras per split, then the layout that was read."""
+    header = ("split", "images", "ids", "cameras")
+    rows = [header] + [
+        (split, str(counts["images"]), str(counts["ids"]), str(counts["cameras"]))
+        for split, counts in dataset.stats().items()
+    ]
+    widths = [max(len(row[column]) for row in rows) for column in range(len(header))]
+    lines = [f"dataset {dataset.name}  ({dataset.root})"]
+    for row in rows:
+        cells = [row[0].ljust(widths[0])] + [cell.rjust(width) for cell, width in zip(row[1:], widths[1:])]
+        lines.append("  " + "  ".join(cells))
+    lines.append(f"layout: {dataset.layout}")
+    return "\n".join(lines)
+
+
+# ---- Market-style datasets -------------------------------------------------------------------
+
+MARKET_RULE = NamingRule(
+    pattern=r"([-\d]+)_c(\d)", cameras=(1, 2, 3, 4, 5, 6), example="0002_c1s1_000451_03.jpg", distractor_pid=0
+)
+DUKE_RULE = NamingRule(pattern=r"([-\d]+)_c(\d)", cameras=tuple(range(1, 9)), example="0005_c2_f0046985.jpg")
+PERSONX_RULE = NamingRule(
+    pattern=r"([-\d]+)_c([-\d]+)", cameras=(3, 4, 8, 10, 11, 12), example="0001_c3_000001.jpg"
+)
+CUHK03_RULE = NamingRule(pattern=r"([-\d]+)_c(\d+)", cameras=(1, 2), example="0001_c1_1.png")
+MSMT_MARKET_STYLE_RULE = NamingRule(
+    pattern=r"([-\d]+)_c(\d+)", cameras=MSMT_CAMERAS, example="0000_c1_0000.jpg"
+)
+
+
+def _load_market_style(name: str, data_root: Path, folder_names: list[str], rule: NamingRule) -> ReidDataset:
+    sketch = layout_sketch(folder_names, market_style_tree(rule.example))
+    folder = find_dataset_folder(data_root, folder_names, sketch)
+    train, query, gallery = read_market_style(folder, rule, sketch)
+    layout = f"{folder.relative_to(data_root).as_posix()}/ (Market-style folders)"
+    return ReidDataset(name, folder, train, query, gallery, layout=layout)
+
+
+@DATASETS.register("market1501")
+def market1501(data_root: Path) -> ReidDataset:
+    """Market-1501: 751 train ids, 6 cameras; junk (-1) dropped, distractors (0000) kept in gallery."""
+    folder_names = ["Market-1501-v15.09.15", "market1501", "Market-1501"]
+    return _load_market_style("market1501", data_root, folder_names, MARKET_RULE)
+
+
+@DATASETS.register("dukemtmc")
+def dukemtmc(data_root: Path) -> ReidDataset:
+    """DukeMTMC-reID: 702 train ids, 8 cameras."""
+    return _load_market_style("dukemtmc", data_root, ["DukeMTMC-reID"], DUKE_RULE)
+
+
+@DATASETS.register("personx")
+def personx(data_root: Path) -> ReidDataset:
+    """PersonX (synthetic, 1,266 ids): cameras 3, 4, 8, 10, 11, 12 become 0..5."""
+    return _load_market_style("personx", data_root, ["PersonX", "personx"], PERSONX_RULE)
+
+
+@DATASETS.register("cuhk03")
+def cuhk03(data_root: Path, *, variant: str = "labeled") -> ReidDataset:
+    """CUHK03-NP (767 train / 700 test ids, 2 cameras) with hand-labeled or detected boxes."""
+    if variant not in ("labeled", "detected"):
+        raise ConfigError(f"cuhk03 option variant must be 'labeled' or 'detected', got {variant!r}")
+    folder_names = [f"cuhk03_np/{variant}", f"cuhk03-np/{variant}"]
+    return _load_market_style("cuhk03", data_root, folder_names, CUHK03_RULE)
+
+
+@DATASETS.register("msmt17")
+def msmt17(data_root: Path) -> ReidDataset:
+    """MSMT17 from its list files (train = list_train + list_val) or a Market-style copy; 15 cameras."""
+    folder_names = ["MSMT17_V1", "MSMT17_V2"]
+    list_sketch = layout_sketch(folder_names, msmt_tree())
+    market_tree = market_style_tree(MSMT_MARKET_STYLE_RULE.example)
+    market_sketch = layout_sketch(folder_names, market_tree)
+    copy_sketch = layout_sketch(folder_names, market_tree, heading="or a Market-style reorganised copy:")
+    both = f"{list_sketch}\n{copy_sketch}"
+    folder = find_dataset_folder(data_root, folder_names, both)
+    if has_msmt_lists(folder):
+        train, query, gallery = read_msmt_lists(folder, list_sketch)
+        layout = f"{folder.name}/ list files (train = list_train + list_val)"
+    elif (folder / "bounding_box_train").is_dir():
+        train, query, gallery = read_market_style(folder, MSMT_MARKET_STYLE_RULE, market_sketch)
+        layout = f"{folder.name}/ Market-style reorganised copy"
+    else:
+        raise DatasetLayoutError(f"{folder} has neither MSMT17 list files nor bounding_box_train/\n{both}")
+    return ReidDataset("msmt17", folder, train, query, gallery, layout=layout)
+
+
+# ---- a user's own cameras --------------------------------------------------------------------
+
+@DATASETS.register("folder")
+def image_folder(
+    data_root: Path, *, path: str | os.PathLike | None = None, camera_regex: str | None = r"c(\d+)"
+) -> ReidDataset:
+    """Unlabeled images of one's own cameras for USL: all go to train with pid -1; no query/gallery.
+
+    `path` is the image folder (default: the data root itself); `camera_regex` has one group giving
+    the camera id from the file name, or is `none` for a single camera.
+    """
+    folder = Path(path).expanduser().absolute() if path is not None else data_root
+    train = read_image_folder(folder, camera_regex)
+    single_camera = camera_regex is None or camera_regex.lower() == "none"
+    cameras = "every image in camera 0" if single_camera else f"cameras from camera_regex '{camera_regex}'"
+    return ReidDataset("folder", folder, train, [], [], layout=f"unlabeled image folder, {cameras}")
+
+
+# ---- built-in synthetic domains --------------------------------------------------------------
+
+# Market names and rules; a domain has c1..c6 by default and at most c1..c9 (one-digit camera field).
+SYNTHETIC_RULE = NamingRule(
+    pattern=r"([-\d]+)_c(\d)", cameras=tuple(range(1, 10)), example="0002_c1s1_000451_03.jpg", distractor_pid=0
+)
+
+
+def _load_synthetic(domain: str, data_root: Path) -> ReidDataset:
+    # Imported here so that a broken or missing generator only affects the synthetic names.
+    from .synthetic import ensure_domain
+
+    domain_folder = Path(ensure_domain(data_root, domain))
+    sketch = layout_sketch(
+        [domain_folder.name], market_style_tree(SYNTHETIC_RULE.example), root_label=f"{domain_folder.parent}"
+    )
+    train, query, gallery = read_market_style(domain_folder, SYNTHETIC_RULE, sketch)
+    layout = f"synthetic domain {domain} in {domain_folder.name}/ (Market-style folders)"
+    return ReidDataset(domain, domain_folder, train, query, gallery, layout=layout)
+
+
+@DATASETS.register("synthx")
+def synthx(data_root: Path) -> ReidDataset:
+    """Built-in synthetic domain X (generated under the data root on first use)."""
+    return _load_synthetic("synthx", data_root)
+
+
+@DATASETS.register("synthm")
+def synthm(data_root: Path) -> ReidDataset:
+    """Built-in synthetic domain M (generated under the data root on first use)."""
+    return _load_synthetic("synthm", data_root)

@@ -1,0 +1,64 @@
+"""Run checkpoints: what a run saves (``last.pt``, ``best.pt``) and how it reads them back.
+
+Format: ``{"format": "uda_reid", "version": 1, "config": <plain dict>, "epoch": int, "model": state
+dict, ...}``: only tensors and plain containers, so it loads with ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..config import RunConfig, config_to_dict
+from ..errors import CheckpointError
+from ..fileio import atomic_torch_save, safe_torch_load
+
+FORMAT = "uda_reid"
+VERSION = 1
+
+# Keys that may change between an interrupted run and its resumption without changing its result.
+_RESUMABLE_DIFFERENCES = {"device", "data.workers", "data.eval_batch_size", "train.epochs"}
+
+
+def save_checkpoint(path: str | Path, config: RunConfig, epoch: int, **state: Any) -> None:
+    """Write atomically: a kill during the write leaves the previous file intact."""
+    payload = {"format": FORMAT, "version": VERSION, "config": config_to_dict(config), "epoch": epoch, **state}
+    atomic_torch_save(payload, path)
+
+
+def is_run_checkpoint(payload: Any) -> bool:
+    return isinstance(payload, dict) and payload.get("format") == FORMAT
+
+
+def load_checkpoint(path: str | Path, expect_config: RunConfig | None = None) -> dict[str, Any]:
+    """Read a run checkpoint; with ``expect_config``, refuse one written by a different setting."""
+    payload = safe_torch_load(path)
+    if not is_run_checkpoint(payload):
+        raise CheckpointError(f"{path} is not a uda_reid run checkpoint (no 'format': 'uda_reid' entry)")
+    if payload.get("version") != VERSION:
+        raise CheckpointError(
+            f"{path} has checkpoint version {payload.get('version')}; this uda_reid reads version {VERSION}"
+        )
+    if expect_config is not None:
+        differences = config_differences(payload["config"], config_to_dict(expect_config))
+        differences = [d for d in differences if d[0] not in _RESUMABLE_DIFFERENCES]
+        if differences:
+            shown = "; ".join(f"{key}: checkpoint {old!r}, now {new!r}" for key, old, new in differences[:8])
+            raise CheckpointError(
+                f"cannot resume from {path}: it was written with another configuration ({shown}). "
+                f"Use a new --out folder, or the same recipe and options as the interrupted run"
+            )
+    return payload
+
+
+def config_differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """Dotted keys whose values differ between two nested config dicts."""
+    found = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        dotted = f"{prefix}{key}"
+        if isinstance(a, dict) and isinstance(b, dict):
+            found += config_differences(a, b, dotted + ".")
+        elif a != b:
+            found.append((dotted, a, b))
+    return found

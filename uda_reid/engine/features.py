@@ -1,0 +1,49 @@
+"""Batched feature extraction (no augmentation), with progress."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from ..config import DataConfig
+from ..data.datasets import Sample
+from ..data.image_dataset import ImageDataset
+from ..data.transforms import build_test_transform
+
+
+@torch.no_grad()
+def extract_features(
+    model: nn.Module,
+    samples: Sequence[Sample],
+    data_config: DataConfig,
+    *,
+    device: torch.device | None = None,
+    progress: bool = True,
+    desc: str = "extracting features",
+) -> torch.Tensor:
+    """N×D float32 features on the CPU, in the order of ``samples`` (model in eval mode).
+
+    The model's eval output is used as is (``ReidModel`` returns L2-normalised neck features).
+    The model's train/eval mode is restored afterwards.
+    """
+    device = device or next(model.parameters()).device
+    loader = DataLoader(
+        ImageDataset(samples, build_test_transform(data_config)),
+        batch_size=data_config.eval_batch_size,
+        shuffle=False,
+        num_workers=data_config.workers,
+        pin_memory=device.type == "cuda",
+    )
+    was_training = model.training
+    model.eval()
+    chunks = []
+    try:
+        for batch in tqdm(loader, desc=desc, disable=not progress, leave=False):
+            chunks.append(model(batch["image"].to(device, non_blocking=True)).float().cpu())
+    finally:
+        model.train(was_training)
+    return torch.cat(chunks) if chunks else torch.empty(0, 0)

@@ -1,0 +1,101 @@
+"""Per-epoch figures of a run: ``metrics.jsonl`` (machine-readable), ``metrics.png`` and ``log.txt``.
+
+Each write replaces the whole file atomically, so a killed run never leaves a torn line, and a
+resumed run can drop the rows it is about to redo.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # no screen needed
+import matplotlib.pyplot as plt  # noqa: E402
+
+from ..fileio import atomic_path, atomic_write_text  # noqa: E402
+
+# Which curves share a panel: retrieval figures, losses, clustering counts.
+_PANELS = {
+    "retrieval (%)": ("mAP", "rank1", "rank5", "rank10"),
+    "loss": ("loss",),
+    "clusters": ("clusters", "outliers", "unclustered"),
+}
+
+
+class RunLog:
+    """Rows of figures, one per evaluation point or epoch, kept in ``run_dir``."""
+
+    def __init__(self, run_dir: str | Path, *, resume: bool = False) -> None:
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.metrics_path = self.run_dir / "metrics.jsonl"
+        self.plot_path = self.run_dir / "metrics.png"
+        self.rows: list[dict[str, Any]] = []
+        if resume and self.metrics_path.exists():
+            self.rows = [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line]
+        self.logger = _file_logger(self.run_dir / "log.txt")
+
+    def append(self, row: dict[str, Any]) -> None:
+        self.rows.append(row)
+        lines = "".join(json.dumps(r, sort_keys=False) + "\n" for r in self.rows)
+        atomic_write_text(self.metrics_path, lines)
+        self.info(" ".join(f"{k}={_short(v)}" for k, v in row.items()))
+        self.plot()
+
+    def truncate_after(self, epoch: int) -> None:
+        """Forget rows of epochs after ``epoch`` (a resumed run redoes them)."""
+        self.rows = [r for r in self.rows if r.get("epoch", -1) <= epoch]
+        atomic_write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in self.rows))
+
+    def info(self, message: str) -> None:
+        self.logger.info(message)
+
+    def plot(self) -> None:
+        panels = []
+        for title, prefixes in _PANELS.items():
+            keys = sorted(
+                {k for r in self.rows for k, v in r.items() if _is_number(v) and k.startswith(prefixes)}
+            )
+            if keys:
+                panels.append((title, keys))
+        if not panels:
+            return
+        fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), squeeze=False)
+        for ax, (title, keys) in zip(axes[0], panels):
+            for key in keys:
+                points = [(r["epoch"], r[key]) for r in self.rows if _is_number(r.get(key)) and "epoch" in r]
+                if points:
+                    xs, ys = zip(*points)
+                    ax.plot(xs, ys, marker="o", markersize=3, label=key)
+            ax.set_title(title)
+            ax.set_xlabel("epoch")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
+        fig.tight_layout()
+        with atomic_path(self.plot_path) as tmp:
+            fig.savefig(tmp, format="png", dpi=90)
+        plt.close(fig)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _short(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _file_logger(path: Path) -> logging.Logger:
+    logger = logging.getLogger(f"uda_reid.run.{path.parent.resolve()}")
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    if not any(isinstance(h, logging.FileHandler) and Path(h.baseFilename) == path.resolve() for h in logger.handlers):
+        handler = logging.FileHandler(path)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))
+        logger.addHandler(handler)
+    return logger

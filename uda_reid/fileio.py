@@ -1,0 +1,101 @@
+"""Atomic file writes: a crash or kill mid-write never leaves a half-written checkpoint or log.
+
+Each writer writes a temporary file in the destination folder and renames it over the target
+(``os.replace`` is atomic on one file system), so readers see the old file or the new one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pickle
+import re
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+from .errors import CheckpointError
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; on success it replaces ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+def safe_torch_load(path: str | os.PathLike) -> Any:
+    """The file's top-level object (torch or .safetensors), read without running any pickled code."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint file {path} does not exist")
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint path {path} is not a file")
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path), device="cpu")
+        except (SafetensorError, OSError) as error:
+            raise CheckpointError(f"{path} is not a readable .safetensors file: {error}") from error
+    try:
+        with torch.serialization.safe_globals(_metadata_globals()):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        refused = re.search(r"GLOBAL ([\w.]+)", str(error))
+        if refused is not None:
+            raise CheckpointError(
+                f"{path} contains pickled Python objects ({refused.group(1)}), and uda_reid refuses to run "
+                "code from a checkpoint file. Re-save a plain state dict where the file was made, e.g. "
+                "torch.save(model.state_dict(), path), or convert it to .safetensors"
+            ) from None
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint (corrupt or another format)") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as error:
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint: {error}") from error
+
+
+def _metadata_globals() -> list[Any]:
+    """Plain-data types research checkpoints store beside their weights, safe to rebuild.
+
+    SpCL/MMT-style files keep ``best_mAP`` as a numpy scalar and many scripts save their
+    ``argparse.Namespace``; constructing these runs no code from the file, so they are allowed in
+    addition to torch's own weights-only set. Object arrays and every other class stay refused.
+    """
+    try:
+        from numpy._core.multiarray import scalar as numpy_scalar  # numpy >= 2
+    except ImportError:
+        from numpy.core.multiarray import scalar as numpy_scalar  # numpy 1.x
+
+    numeric_dtypes = {type(np.dtype(code)) for code in np.typecodes["All"] if code != "O"}
+    return [
+        # numpy 1.x wrote "numpy.core..." into pickles, numpy 2 writes "numpy._core...": accept both.
+        (numpy_scalar, "numpy.core.multiarray.scalar"),
+        (numpy_scalar, "numpy._core.multiarray.scalar"),
+        np.dtype,
+        argparse.Namespace,
+        *sorted(numeric_dtypes, key=lambda dtype_class: dtype_class.__name__),
+    ]
