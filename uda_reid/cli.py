@@ -109,6 +109,93 @@ def train(dataset, recipe, data_root, out, init, arch, epochs, eval_on, device, 
         click.echo(f"{name:>12}: " + "  ".join(f"{k} {v:5.1f}" for k, v in figures.items()))
 
 
+# --------------------------------------------------------------------------- adapt / usl
+def _adaptation_options(f):
+    """Options shared by ``adapt`` and ``usl``."""
+    options = [
+        click.option("--method", default=None, help="Adaptation method (default: the recipe's, spcl)."),
+        click.option("--recipe", default=None, help="Recipe file or name in recipes/ (default: chosen from method and datasets)."),
+        _data_root_option,
+        click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None, help="Run folder (default: runs/<method>_<datasets>)."),
+        click.option("--init", default=None, help="Initial weights: imagenet:PATH, lup:PATH, upreid:PATH or a uda_reid checkpoint."),
+        click.option("--arch", default=None, help="Backbone (resnet18, resnet34, resnet50, resnet101)."),
+        click.option("--clusterer", type=click.Choice(["dbscan", "hdbscan", "kmeans"]), default=None),
+        click.option("--epochs", type=int, default=None),
+        click.option("--eval-on", "eval_on", multiple=True, help="Also evaluate the final model on this dataset (repeatable)."),
+        _device_option,
+        click.option("--seed", type=int, default=None),
+        click.option("--resume", is_flag=True, help="Continue the run in --out from its last.pt."),
+        click.option("--set", "set_options", multiple=True, metavar="KEY=VALUE", help="Override any recipe key, e.g. --set clustering.eps=0.5."),
+        click.option("--quiet", is_flag=True, help="No progress bars."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def _default_adapt_recipe(method: str, source: str | None, target: str) -> str:
+    """``<method>_<source>_to_<target>`` / ``<method>_usl_<target>`` if shipped, else the generic one."""
+    from .config import recipes_dir
+
+    specific = f"{method}_{source}_to_{target}" if source else f"{method}_usl_{target}"
+    if (recipes_dir() / f"{specific}.yaml").exists():
+        return specific
+    return f"{method}_uda" if source else f"{method}_usl"
+
+
+def _run_adaptation(source, target, method, recipe, data_root, out, init, arch, clusterer, epochs, eval_on,
+                    device, seed, resume, set_options, quiet):
+    from .data.datasets import canonical_name
+    from .engine.loop import adapt as run_adaptation
+
+    source = canonical_name(source) if source else None
+    target = canonical_name(target)
+    method = method or "spcl"
+    recipe = recipe or _default_adapt_recipe(method, source, target)
+    overrides = {
+        "source": source,
+        "target": target,
+        "dataset": target,
+        "adapt.method": method,
+        "model.init": init,
+        "model.arch": arch,
+        "clustering.clusterer": clusterer,
+        "adapt.epochs": epochs,
+        "device": device,
+        "seed": seed,
+        "eval_datasets": list(eval_on) if eval_on else None,
+    }
+    config = _resolve_config(recipe, overrides, set_options)
+    if source is None:
+        config = apply_overrides(config, {"source": None})
+    name = f"{config.adapt.method}_{source}_to_{target}" if source else f"{config.adapt.method}_usl_{target}"
+    out = out or Path("runs") / name
+    _prepare_run_dir(out, resume)
+    summary = run_adaptation(config, out, data_root=data_root, resume=resume, progress=not quiet)
+    click.echo(f"run folder: {out}")
+    direct, last = summary["direct_transfer"], summary["last"]
+    click.echo(f"{'initial':>10}: mAP {direct.get('mAP', float('nan')):5.1f}  rank1 {direct.get('rank1', float('nan')):5.1f}")
+    if last:
+        click.echo(f"{'adapted':>10}: mAP {last['mAP']:5.1f}  rank1 {last['rank1']:5.1f}  (best mAP {summary['best_mAP']:.1f})")
+
+
+@cli.command()
+@click.option("--source", required=True, help="Labelled source dataset (e.g. personx, market1501, synthx).")
+@click.option("--target", required=True, help="Unlabelled target dataset (e.g. market1501, msmt17, synthm).")
+@_adaptation_options
+def adapt(source, target, **options):
+    """Unsupervised domain adaptation: labelled source -> unlabelled target (cluster -> adapt loop)."""
+    _run_adaptation(source, target, **options)
+
+
+@cli.command()
+@click.option("--dataset", required=True, help="Unlabelled dataset to learn from (e.g. msmt17, synthm).")
+@_adaptation_options
+def usl(dataset, **options):
+    """Unsupervised learning from unlabelled images alone (cluster -> adapt loop)."""
+    _run_adaptation(None, dataset, **options)
+
+
 # --------------------------------------------------------------------------- evaluate
 @cli.command()
 @click.option("--dataset", required=True, help="Dataset whose query/gallery split is evaluated.")
@@ -178,13 +265,14 @@ def data() -> None:
 
 @data.command("stats")
 @click.option("--dataset", required=True)
-@click.option("--root", "data_root", type=click.Path(file_okay=False, path_type=Path), default=None, help="Data root (default: $UDAREID_DATA, else ~/.cache/udareid/data).")
+@click.option("--data-root", "--root", "data_root", type=click.Path(file_okay=False, path_type=Path), default=None, help="Data root (default: $UDAREID_DATA, else ~/.cache/udareid/data).")
+@click.option("--option", "options", multiple=True, metavar="KEY=VALUE", help="Dataset option, e.g. variant=detected (cuhk03), path=DIR / camera_regex=REGEX (folder).")
 @click.option("--json", "as_json", is_flag=True)
-def data_stats(dataset, data_root, as_json):
+def data_stats(dataset, data_root, options, as_json):
     """Images / ids / cameras per split (train, query, gallery)."""
     from .data.datasets import format_stats, load_dataset
 
-    loaded = load_dataset(dataset, data_root)
+    loaded = load_dataset(dataset, data_root, **parse_set_options(options, "--option"))
     if as_json:
         click.echo(json.dumps({"dataset": loaded.name, "root": str(loaded.root), "layout": loaded.layout, **loaded.stats()}))
     else:

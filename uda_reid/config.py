@@ -89,10 +89,40 @@ class TrainConfig:
 
 
 @dataclass
+class ClusteringConfig:
+    """The clustering stage run every epoch: kNN -> k-reciprocal Jaccard -> clusterer."""
+
+    clusterer: str = "dbscan"  # dbscan | hdbscan | kmeans
+    eps: float = 0.6  # dbscan
+    min_samples: int = 4  # dbscan, hdbscan
+    min_cluster_size: int = 4  # hdbscan
+    n_clusters: int = 0  # kmeans; 0 = estimate
+    k1: int = 30
+    k2: int = 6
+    knn: str = "auto"
+
+
+@dataclass
+class AdaptConfig:
+    """The cluster -> adapt loop (``udareid adapt`` / ``udareid usl``)."""
+
+    method: str = "spcl"
+    epochs: int = 50
+    iters_per_epoch: int = 400
+    eval_every: int = 10
+    bn_groups: int = 1  # >1: BN statistics over fixed groups of the batch (multi-GPU reproduction)
+    # > 0: first train a supervised model on the source for this many epochs (with ``train`` and
+    # ``optim`` settings) and start adaptation from it, unless model.init is given.
+    source_pretrain_epochs: int = 0
+
+
+@dataclass
 class RunConfig:
     """Everything one run needs; saved as ``config.yaml`` in the run folder."""
 
-    dataset: str = "market1501"
+    dataset: str = "market1501"  # train: the labelled dataset; usl: the unlabelled one
+    source: str | None = None  # adapt: labelled source domain (None = USL)
+    target: str | None = None  # adapt / usl: the unlabelled target domain
     eval_datasets: list[str] = field(default_factory=list)  # extra domains evaluated at the end
     seed: int = 1
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -100,6 +130,10 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    clustering: ClusteringConfig = field(default_factory=ClusteringConfig)
+    adapt: AdaptConfig = field(default_factory=AdaptConfig)
+    # The method's own options, checked strictly by the method against its options dataclass.
+    method_options: dict[str, Any] = field(default_factory=dict)
 
 
 def recipes_dir() -> Path:
@@ -142,6 +176,10 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             except ConfigError as error:
                 errors.append(str(error))
         raise ConfigError(errors[0] if errors else f"{where}: invalid value {value!r}")
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{where}: expected a mapping of keys, got {value!r}")
+        return dict(value)
     if origin is list:
         (item_type,) = typing.get_args(tp)
         if not isinstance(value, (list, tuple)):
@@ -192,6 +230,8 @@ def update_dataclass(obj: Any, values: Mapping[str, Any], where: str) -> Any:
         current = getattr(obj, key)
         if dataclasses.is_dataclass(current):
             changes[key] = update_dataclass(current, value, f"{where}.{key}")
+        elif isinstance(current, dict) and isinstance(value, Mapping):
+            changes[key] = {**current, **value}  # free-form sections merge key by key
         else:
             changes[key] = _coerce(value, types_by_name[key], f"{where}.{key}")
     return dataclasses.replace(obj, **changes)
@@ -224,13 +264,13 @@ def apply_overrides(config: RunConfig, overrides: Mapping[str, Any], where: str 
     return config
 
 
-def parse_set_options(items: tuple[str, ...] | list[str]) -> dict[str, str]:
-    """``["optim.lr=1e-4", ...]`` -> ``{"optim.lr": "1e-4"}`` (from repeated ``--set``)."""
+def parse_set_options(items: tuple[str, ...] | list[str], option: str = "--set") -> dict[str, str]:
+    """``["optim.lr=1e-4", ...]`` -> ``{"optim.lr": "1e-4"}`` (from a repeated ``option``)."""
     parsed: dict[str, str] = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise ConfigError(f"--set expects KEY=VALUE (e.g. optim.lr=1e-4), got {item!r}")
+            raise ConfigError(f"{option} expects KEY=VALUE, got {item!r}")
         parsed[key.strip()] = value.strip()
     return parsed
 

@@ -12,13 +12,21 @@ from typing import Union
 import numpy as np
 import torch
 
-from ..errors import UdaReidError
+from ..errors import ConfigError, UdaReidError
 
 FeatureArray = Union[np.ndarray, torch.Tensor]
 
 
 class InvalidFeaturesError(UdaReidError, ValueError):
-    """Features (or an option that depends on them) cannot be clustered as given."""
+    """Features cannot be clustered as given (dtype, shape, NaN/inf or zero rows, too few samples)."""
+
+
+class InvalidParameterError(ConfigError, ValueError):
+    """An option of the clustering stage (k1, k2, max_distance, eps, ...) is out of its range."""
+
+
+class InvalidDistanceError(UdaReidError, ValueError):
+    """A distance matrix given to a clusterer is not square, not finite or out of range."""
 
 
 def _describe_rows(rows: np.ndarray, limit: int = 10) -> str:
@@ -62,31 +70,41 @@ def as_float32_features(features: FeatureArray, *, name: str = "features") -> to
             f"{name} is empty: received shape {tuple(tensor.shape)}, expected N ≥ 1 rows and D ≥ 1 dims"
         )
     tensor = tensor.to(torch.float32).contiguous()
-    finite_rows = torch.isfinite(tensor).all(dim=1)
-    if not bool(finite_rows.all()):
-        bad = torch.nonzero(~finite_rows).flatten().cpu().numpy()
-        raise InvalidFeaturesError(f"{name} contain NaN or inf values in {_describe_rows(bad)}")
+    # A row sum is finite unless the row holds NaN/inf (or overflows): check those rows exactly.
+    # (torch.isfinite on the whole matrix would allocate ~1.6× the features.)
+    suspect = torch.nonzero(~torch.isfinite(tensor.sum(dim=1))).flatten()
+    if len(suspect):
+        bad = suspect[~torch.isfinite(tensor[suspect]).all(dim=1)].cpu().numpy()
+        if len(bad):
+            raise InvalidFeaturesError(f"{name} contain NaN or inf values in {_describe_rows(bad)}")
     return tensor
 
 
 def l2_normalised(features: FeatureArray, *, name: str = "features") -> torch.Tensor:
-    """Checked N×D float32 copy of ``features`` with unit-length rows (the cosine geometry of §1).
+    """Checked N×D float32 tensor of ``features`` with unit-length rows (the cosine geometry of §1).
 
-    Rows of zero length cannot be normalised and are reported by index.
+    Rows already of unit length (within 1e-6, e.g. the output of this function) are returned
+    without a copy, so passing normalised features down the stage costs no memory. Rows of zero
+    length cannot be normalised and are reported by index.
     """
     tensor = as_float32_features(features, name=name)
     norms = torch.linalg.vector_norm(tensor, dim=1)
+    if not bool(torch.isfinite(norms).all()):
+        bad = torch.nonzero(~torch.isfinite(norms)).flatten().cpu().numpy()
+        raise InvalidFeaturesError(f"{name} have values too large to normalise in float32 in {_describe_rows(bad)}")
     zero = norms == 0
     if bool(zero.any()):
         bad = torch.nonzero(zero).flatten().cpu().numpy()
         raise InvalidFeaturesError(f"{name} have zero length (cannot be L2-normalised) in {_describe_rows(bad)}")
+    if bool(((norms - 1).abs() <= 1e-6).all()):
+        return tensor
     return tensor / norms[:, None]
 
 
 def check_neighbor_count(num_samples: int, k: int, *, option: str) -> None:
     """Self-kNN with k neighbours (self included) needs more than k samples."""
-    if k < 1:
-        raise InvalidFeaturesError(f"{option} must be ≥ 1; received {k}")
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise InvalidParameterError(f"{option} must be an integer ≥ 1; received {k!r}")
     if num_samples <= k:
         raise InvalidFeaturesError(
             f"{option}={k} needs more than {k} samples; received N={num_samples} "

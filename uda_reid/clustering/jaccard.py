@@ -27,11 +27,11 @@ import numpy as np
 import scipy.sparse as sp
 from numba import njit, prange
 
-from .inputs import FeatureArray, InvalidFeaturesError, check_neighbor_count, l2_normalised
+from .inputs import FeatureArray, InvalidFeaturesError, InvalidParameterError, check_neighbor_count, l2_normalised
 from .knn import knn_search
 
-# Upper bound on the temporary entries one Jaccard chunk may hold (≈ 8 bytes each).
-_CHUNK_ENTRIES = 1 << 24
+# Upper bound on the temporary entries one Jaccard chunk may hold (8 bytes each: 32 MiB).
+_CHUNK_ENTRIES = 1 << 22
 
 
 def half_width(k1: int) -> int:
@@ -43,7 +43,8 @@ def half_width(k1: int) -> int:
 
 
 def _task_count(rows: int) -> int:
-    return max(1, min(rows, 4 * numba.get_num_threads()))
+    """Parallel tasks (rows are dealt round-robin to them, which balances dense and sparse rows)."""
+    return max(1, min(rows, 2 * numba.get_num_threads()))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -204,17 +205,19 @@ def _expansion_fill(indptr, indices, values, neighbors, k2, out_indptr, out_indi
 
 
 @njit(cache=True, parallel=True)
-def _jaccard_chunk(rows, indptr, indices, values, col_ptr, col_rows, col_values, slot_ptr, out_indices, out_values, out_counts, max_distance, clip_negative, zero_diagonal, n_tasks):
+def _jaccard_chunk(rows, indptr, indices, values, col_ptr, col_rows, col_values, slot_ptr, out_indices, out_values, out_counts, max_distance, clip_negative, zero_diagonal, seen_by_task, overlap_by_task, touched_by_task):
     """Jaccard distances of ``rows`` to every sample sharing an encoding column with them.
 
     Row q's candidates go to out[slot_ptr[q]:slot_ptr[q+1]] (an upper bound); out_counts[q] says how
-    many were kept (d ≤ max_distance, and the diagonal always), sorted by column.
+    many were kept (d ≤ max_distance, and the diagonal always), sorted by column. The per-task
+    scratch rows (T×N) are allocated once per call of :func:`jaccard_rows` and reused by every chunk:
+    ``seen`` holds row stamps (i + 1), so nothing needs clearing.
     """
-    n = col_ptr.shape[0] - 1
+    n_tasks = seen_by_task.shape[0]
     for t in prange(n_tasks):
-        seen = np.zeros(n, dtype=np.int32)
-        overlap = np.zeros(n, dtype=np.float64)
-        touched = np.empty(n, dtype=np.int32)
+        seen = seen_by_task[t]
+        overlap = overlap_by_task[t]
+        touched = touched_by_task[t]
         for q in range(t, rows.shape[0], n_tasks):
             i = rows[q]
             count = 0
@@ -352,17 +355,22 @@ def jaccard_rows(
     n = len(expanded.indptr) - 1
     rows = np.arange(n, dtype=np.int64) if rows is None else np.ascontiguousarray(rows, dtype=np.int64)
     columns = sp.csr_matrix((expanded.values, expanded.indices, expanded.indptr), shape=(n, n), copy=False).tocsc()
-    col_ptr = columns.indptr.astype(np.int64)
-    col_rows = columns.indices.astype(np.int32)
-    col_values = columns.data.astype(np.float32)
+    col_ptr = columns.indptr.astype(np.int64, copy=False)
+    col_rows = columns.indices.astype(np.int32, copy=False)
+    col_values = columns.data.astype(np.float32, copy=False)
     bounds = _candidate_bounds(rows, expanded.indptr, expanded.indices, col_ptr, n)
     kept_indices: list[np.ndarray] = []
     kept_values: list[np.ndarray] = []
     counts = np.zeros(len(rows), dtype=np.int64)
+    tasks = _task_count(len(rows))
+    seen_by_task = np.zeros((tasks, n), dtype=np.int32)
+    overlap_by_task = np.zeros((tasks, n), dtype=np.float64)
+    touched_by_task = np.zeros((tasks, n), dtype=np.int32)
+    cumulative = np.cumsum(bounds)
     start = 0
     while start < len(rows):
-        cumulative = np.cumsum(bounds[start:])
-        stop = start + max(1, int(np.searchsorted(cumulative, _CHUNK_ENTRIES, side="right")))
+        before = cumulative[start - 1] if start else 0
+        stop = max(start + 1, int(np.searchsorted(cumulative, before + _CHUNK_ENTRIES, side="right")))
         chunk_rows = rows[start:stop]
         slot_ptr = np.zeros(len(chunk_rows) + 1, dtype=np.int64)
         np.cumsum(bounds[start:stop], out=slot_ptr[1:])
@@ -372,7 +380,7 @@ def jaccard_rows(
         _jaccard_chunk(
             chunk_rows, expanded.indptr, expanded.indices, expanded.values, col_ptr, col_rows, col_values,
             slot_ptr, out_indices, out_values, chunk_counts, float(max_distance), clip_negative, zero_diagonal,
-            _task_count(len(chunk_rows)),
+            seen_by_task, overlap_by_task, touched_by_task,
         )
         kept_total = int(chunk_counts.sum())
         row_of_kept = np.repeat(np.arange(len(chunk_rows)), chunk_counts)
@@ -382,7 +390,7 @@ def jaccard_rows(
         kept_values.append(out_values[keep])
         counts[start:stop] = chunk_counts
         start = stop
-    del columns, col_ptr, col_rows, col_values
+    del columns, col_ptr, col_rows, col_values, seen_by_task, overlap_by_task, touched_by_task
     indptr = np.zeros(len(rows) + 1, dtype=np.int64)
     np.cumsum(counts, out=indptr[1:])
     # np.empty pages are only resident once written, and each chunk is freed after its copy, so the
@@ -399,14 +407,15 @@ def jaccard_rows(
     return SparseRows(indptr, indices, values).to_csr(n)
 
 
-def _check_parameters(num_samples: int, k1: int, k2: int, max_distance: Optional[float]) -> float:
+def check_jaccard_parameters(num_samples: int, k1: int, k2: int, max_distance: Optional[float]) -> float:
+    """Validate k1, k2 and max_distance for N samples; returns the distance cut-off (1.0 = none)."""
     check_neighbor_count(num_samples, k1, option="k1")
-    if not 1 <= k2 <= k1:
-        raise InvalidFeaturesError(f"k2 must be in [1, k1={k1}] (query expansion uses the first k2 of the k1 neighbours); received {k2}")
+    if isinstance(k2, bool) or not isinstance(k2, (int, np.integer)) or not 1 <= k2 <= k1:
+        raise InvalidParameterError(f"k2 must be in [1, k1={k1}] (query expansion uses the first k2 of the k1 neighbours); received {k2}")
     if max_distance is None:
         return 1.0
-    if not (isinstance(max_distance, (int, float)) and 0.0 < float(max_distance) <= 1.0):
-        raise InvalidFeaturesError(f"max_distance must be in (0, 1] (Jaccard distances lie in [0, 1]); received {max_distance!r}")
+    if isinstance(max_distance, bool) or not (isinstance(max_distance, (int, float)) and 0.0 < float(max_distance) <= 1.0):
+        raise InvalidParameterError(f"max_distance must be in (0, 1] (Jaccard distances lie in [0, 1]); received {max_distance!r}")
     return float(max_distance)
 
 
@@ -423,7 +432,7 @@ def jaccard_from_neighbors(
     Use this to time or reuse the kNN step separately; :func:`jaccard_distance` runs both.
     """
     unit = l2_normalised(features)
-    limit = _check_parameters(unit.shape[0], k1, k2, max_distance)
+    limit = check_jaccard_parameters(unit.shape[0], k1, k2, max_distance)
     unit_np = np.ascontiguousarray(unit.cpu().numpy())
     encoding = k_reciprocal_encoding(unit_np, neighbors, forward_width=k1, half=half_width(k1))
     expanded = query_expansion(encoding, neighbors, k2)
@@ -449,7 +458,7 @@ def jaccard_distance(
     per sample, self included.
     """
     unit = l2_normalised(features)
-    _check_parameters(unit.shape[0], k1, k2, max_distance)
+    check_jaccard_parameters(unit.shape[0], k1, k2, max_distance)
     lists = knn_search(unit, k1, knn=knn)
     return jaccard_from_neighbors(unit, lists.indices, k1, k2, max_distance=max_distance)
 

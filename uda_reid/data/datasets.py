@@ -87,8 +87,18 @@ def resolve_data_root(root: str | os.PathLike | None = None) -> Path:
     return Path(root).expanduser().absolute()
 
 
+# Short names people type (`udareid adapt --source personx --target market`).
+ALIASES = {"market": "market1501", "duke": "dukemtmc", "msmt": "msmt17", "cuhk03np": "cuhk03"}
+
+
+def canonical_name(name: str) -> str:
+    """The registered name for `name` or one of its aliases (unknown names pass through unchanged)."""
+    return ALIASES.get(name.lower(), name)
+
+
 def load_dataset(name: str, root: str | os.PathLike | None = None, **options) -> ReidDataset:
     """Load dataset `name` from the data root; `options` are the dataset's own (e.g. variant=...)."""
+    name = canonical_name(name)
     loader = DATASETS.get(name)
     parameters = inspect.signature(loader).parameters.values()
     accepted = [p.name for p in parameters if p.kind is inspect.Parameter.KEYWORD_ONLY]

@@ -81,7 +81,7 @@ def train_supervised(
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         start_epoch, best_map = state["epoch"] + 1, state.get("best_mAP", -1.0)
-        log.truncate_after(state["epoch"])
+        log.truncate_after(state["epoch"] + 1)  # rows count epochs from 1
         log.info(f"resumed from {run_dir / 'last.pt'} at epoch {start_epoch}")
 
     sampler = IdentitySampler(

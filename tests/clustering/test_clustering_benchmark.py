@@ -1,0 +1,46 @@
+"""The clustering benchmark runs end to end on a tiny size and its comparisons are meaningful."""
+
+import json
+
+import numpy as np
+
+from uda_reid.clustering.benchmark import main, synthetic_features
+
+
+def test_benchmark_json_with_reference_and_floor(capsys, tmp_path):
+    output = tmp_path / "figures.json"
+    code = main(["--n", "400", "--dim", "16", "--k1", "20", "--reference", "--floor", "--json", "--output", str(output)])
+    assert code == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed == json.loads(output.read_text())
+    assert printed["n"] == 400 and printed["knn_backend"] == "torch"
+    assert printed["reference"]["max_abs_difference"] <= 1e-5
+    assert printed["reference"]["rows_with_different_neighbor_sets"] == 0
+    assert printed["clusters"] + printed["outliers"] > 0
+    assert printed["seconds"]["knn_plus_jaccard"] > 0 and printed["floor"]["seconds"] > 0
+
+
+def test_benchmark_reports_recall_for_approximate_knn_on_loaded_features(capsys, tmp_path):
+    features, _ = synthetic_features(1500, 32, seed=3)
+    path = tmp_path / "features.npy"
+    np.save(path, features)
+    code = main(["--features", str(path), "--knn", "faiss-ivf", "--recall-sample", "300", "--json"])
+    assert code == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["n"] == 1500 and printed["dim"] == 32
+    assert 0.9 <= printed["recall_at_k1"] <= 1.0
+
+
+def test_synthetic_features_have_identity_structure():
+    features, identities = synthetic_features(600, 64, seed=0)
+    np.testing.assert_allclose(np.linalg.norm(features, axis=1), 1, atol=1e-5)
+    similarity = features @ features.T
+    same = identities[:, None] == identities[None, :]
+    np.fill_diagonal(same, False)
+    different = identities[:, None] != identities[None, :]
+    assert similarity[same].mean() > 0.3 > 0.15 > similarity[different].mean()
+
+
+def test_benchmark_rejects_bad_max_distance(capsys):
+    assert main(["--n", "100", "--dim", "8", "--max-distance", "2"]) != 0
+    assert "(0, 1]" in capsys.readouterr().err

@@ -1,0 +1,91 @@
+"""Each CLI path on tiny data: output figures, and bad input as one clear line (exit code 1)."""
+
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from uda_reid.cli import cli
+from uda_reid.config import RunConfig, apply_overrides
+from uda_reid.data.datasets import load_dataset
+from uda_reid.engine.checkpoints import save_checkpoint
+from uda_reid.evaluation.protocol import evaluate_model
+from uda_reid.models import ReidModel
+
+from layout_factory import write_market_style
+
+
+@pytest.fixture()
+def market_root(tmp_path):
+    root = tmp_path / "data"
+    write_market_style(
+        root / "Market-1501-v15.09.15",
+        train=["0002_c1s1_000001_00.jpg", "0002_c2s1_000002_00.jpg", "0007_c3s1_000003_00.jpg", "-1_c1s1_000004_00.jpg"],
+        query=["0001_c1s1_000005_00.jpg", "0003_c2s1_000006_00.jpg"],
+        gallery=["0001_c2s1_000007_00.jpg", "0003_c1s1_000008_00.jpg", "0000_c4s1_000009_00.jpg", "0001_c1s1_000010_00.jpg"],
+    )
+    return root
+
+
+def test_data_stats_json_counts(market_root):
+    result = CliRunner().invoke(cli, ["data", "stats", "--dataset", "market1501", "--root", str(market_root), "--json"])
+    assert result.exit_code == 0, result.output
+    stats = json.loads(result.output)
+    assert stats["train"] == {"images": 3, "ids": 2, "cameras": 3}
+    assert stats["gallery"]["images"] == 4 and stats["query"]["ids"] == 2
+
+
+def test_unknown_dataset_is_one_line_listing_known_ones(market_root):
+    result = CliRunner().invoke(cli, ["data", "stats", "--dataset", "market", "--root", str(market_root)])
+    assert result.exit_code == 1
+    assert "Error: unknown dataset 'market' for --dataset; known: " in result.output
+    assert "Traceback" not in result.output
+
+
+def test_missing_data_root_names_the_folder(tmp_path):
+    result = CliRunner().invoke(cli, ["data", "stats", "--dataset", "dukemtmc", "--root", str(tmp_path / "none")])
+    assert result.exit_code == 1 and "DukeMTMC-reID" in result.output
+
+
+def _run_checkpoint(tmp_path):
+    config = apply_overrides(RunConfig(), {"model.arch": "resnet18", "data.height": 32, "data.width": 16, "data.workers": 0})
+    torch.manual_seed(0)
+    model = ReidModel("resnet18", num_classes=2)
+    save_checkpoint(tmp_path / "best.pt", config, 0, model=model.state_dict(), num_classes=2)
+    return config, model
+
+
+def test_evaluate_run_checkpoint_matches_library_figures(tmp_path, market_root):
+    config, model = _run_checkpoint(tmp_path)
+    expected = evaluate_model(model, load_dataset("market1501", market_root), config.data, progress=False)
+    result = CliRunner().invoke(
+        cli,
+        ["evaluate", "--dataset", "market1501", "--weights", str(tmp_path / "best.pt"),
+         "--data-root", str(market_root), "--json", "--quiet", "--device", "cpu"],
+    )
+    assert result.exit_code == 0, result.output
+    figures = json.loads(result.output.strip().splitlines()[-1])
+    assert figures["mAP"] == pytest.approx(expected["mAP"]) and figures["rank1"] == pytest.approx(expected["rank1"])
+
+
+def test_evaluate_refuses_checkpoint_with_pickled_code(tmp_path, market_root):
+    torch.save({"model": torch.nn.Linear(2, 2)}, tmp_path / "module.pt")
+    result = CliRunner().invoke(
+        cli, ["evaluate", "--dataset", "market1501", "--weights", str(tmp_path / "module.pt"), "--data-root", str(market_root)]
+    )
+    assert result.exit_code == 1
+    assert "module.pt contains pickled Python objects" in result.output
+
+
+def test_train_refuses_to_overwrite_an_earlier_run(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "last.pt").write_bytes(b"x")
+    result = CliRunner().invoke(cli, ["train", "--dataset", "market1501", "--out", str(out)])
+    assert result.exit_code == 1 and "already holds a run (last.pt); pass --resume" in result.output
+
+
+def test_unknown_recipe_key_in_set_is_named(tmp_path):
+    result = CliRunner().invoke(cli, ["train", "--dataset", "market1501", "--out", str(tmp_path / "r"), "--set", "optim.lrr=1"])
+    assert result.exit_code == 1 and "unknown key 'lrr'" in result.output

@@ -1,0 +1,119 @@
+"""What a method plugs into the cluster -> adapt loop, and the registry of methods.
+
+The loop (``uda_reid.engine.loop``) owns data, optimisation, evaluation, checkpoints and logs; a
+method only says how the model is prepared, what gets clustered, how pseudo-labels are refined
+and which named losses one training step computes. A new method is one module with a subclass
+registered in ``METHODS`` plus one recipe.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..clustering import ClusterResult
+from ..config import RunConfig, update_dataclass
+from ..data.datasets import Sample
+from ..registry import Registry
+
+METHODS: Registry[type["Method"]] = Registry("method", "--method")
+
+
+@dataclass
+class AdaptContext:
+    """What the loop hands a method: the model, the device, the samples and run settings."""
+
+    config: RunConfig
+    model: nn.Module
+    device: torch.device
+    target_samples: list[Sample]
+    source_samples: list[Sample] | None  # None for USL
+    num_source_classes: int
+    progress: bool = True
+
+
+@dataclass
+class EpochLabels:
+    """A method's answer to a clustering: labels to train the target with, plus figures to log.
+
+    ``labels[i]`` is the training class of target image ``i`` (−1 = not trained this epoch).
+    """
+
+    labels: np.ndarray
+    figures: dict[str, float] = dataclasses.field(default_factory=dict)
+
+
+@dataclass
+class NoOptions:
+    """For methods without options: any key in ``method_options`` is then an error."""
+
+
+class Method(abc.ABC):
+    """Hooks the loop calls, in this order: prepare_model, setup, then every epoch
+    target_features -> (clustering) -> on_clusters -> training_step/after_step × iterations."""
+
+    #: dataclass of the method's options (recipe section ``method_options``); checked strictly.
+    Options: type = NoOptions
+
+    def __init__(self, config: RunConfig) -> None:
+        self.config = config
+        self.options = self.parse_options(config.method_options)
+
+    @classmethod
+    def parse_options(cls, values: Mapping[str, Any]) -> Any:
+        return update_dataclass(cls.Options(), values, "method_options")
+
+    @property
+    def uses_source_batches(self) -> bool:
+        """Whether every iteration also draws a labelled source batch (UDA end to end, as SpCL)."""
+        return False
+
+    def prepare_model(self, model: nn.Module) -> nn.Module:
+        """Change the model's structure before training (e.g. domain-specific BN). Default: as is."""
+        return model
+
+    def setup(self, ctx: AdaptContext, state: dict[str, Any] | None = None) -> None:
+        """Build the method's state: from the initial model (e.g. fill a memory), or, when
+        resuming, from ``state`` (what ``state_dict`` returned)."""
+
+    def target_features(self, ctx: AdaptContext) -> torch.Tensor | None:
+        """Features to cluster this epoch (``N×D``); None lets the loop extract them."""
+        return None
+
+    def cluster_max_distance(self) -> float | str | None:
+        """How much of the Jaccard distance the method needs kept (``"auto"``: what the clusterer reads)."""
+        return "auto"
+
+    @abc.abstractmethod
+    def on_clusters(self, result: ClusterResult, ctx: AdaptContext) -> EpochLabels:
+        """Turn the clustering into this epoch's training labels (and set up memories/classifiers)."""
+
+    @abc.abstractmethod
+    def training_step(self, ctx: AdaptContext, batch: dict[str, dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        """Named loss tensors of one step; ``batch`` has ``"target"`` (and ``"source"``) image batches.
+
+        Target batches carry ``"label"`` (the epoch's training label) and ``"index"`` (the image's
+        position in ``ctx.target_samples``); source batches carry ``"pid"``.
+        """
+
+    def after_step(self, ctx: AdaptContext) -> None:
+        """After ``optimizer.step()``: momentum updates of memories and the like."""
+
+    def export_state_dict(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """The weights of a plain ``ReidModel`` for evaluation / ``--init`` (default: as is)."""
+        return model.state_dict()
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a resumed run needs to continue exactly (memories, thresholds...)."""
+        return {}
+
+
+def build_method(config: RunConfig) -> Method:
+    """The method named by ``adapt.method`` (``--method``), with its options checked."""
+    return METHODS.get(config.adapt.method)(config)
