@@ -279,6 +279,21 @@ def data_stats(dataset, data_root, options, as_json):
         click.echo(format_stats(loaded))
 
 
+# --------------------------------------------------------------------------- bench
+@cli.group()
+def bench() -> None:
+    """Benchmarks that print JSON figures (see benchmarks/)."""
+
+
+def _attach_benchmarks() -> None:
+    from .clustering.benchmark import clustering_bench
+
+    bench.add_command(clustering_bench, name="clustering")
+
+
+_attach_benchmarks()
+
+
 def main(argv: list[str] | None = None) -> None:
     cli.main(args=argv, prog_name="udareid")
 

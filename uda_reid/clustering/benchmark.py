@@ -192,6 +192,7 @@ def run_benchmark(
     floor: bool = False,
     products: bool = False,
     recall_sample: int = 2000,
+    generator: Optional[dict[str, Any]] = None,
 ) -> dict[str, Any]:
     """Run the stage once on synthetic or loaded features and return the figures as a dict."""
     report: dict[str, Any] = {"load_average_at_start": _load_average()}
@@ -199,8 +200,8 @@ def run_benchmark(
         features = np.load(features_path, mmap_mode=None)
         report["features"] = str(features_path)
     else:
-        features, _ = synthetic_features(n, dim, seed=seed)
-        report["features"] = "synthetic"
+        features, _ = synthetic_features(n, dim, seed=seed, **(generator or {}))
+        report["features"] = {"synthetic": generator or {}}
     unit = l2_normalised(features)
     del features
     n, dim = unit.shape
@@ -212,8 +213,10 @@ def run_benchmark(
         max_distance=limit, threads={"torch": torch.get_num_threads(), "numba": numba_threads()},
     )
     # warm-up: numba kernels compile (or load from cache) outside the timed region
-    warm, _ = synthetic_features(200, 16, seed=1)
-    jaccard_from_neighbors(warm, knn_search(warm, min(k1, 100), knn="torch").indices, min(k1, 100), min(k2, k1, 100))
+    warm, _ = synthetic_features(400, 16, seed=1)
+    warm_k1 = min(k1, 100)
+    warm_lists = knn_search(warm, warm_k1, knn=backend).indices
+    jaccard_from_neighbors(warm, warm_lists, warm_k1, min(k2, warm_k1))
 
     peak_reset = _reset_peak_rss()
     start = time.perf_counter()
@@ -301,9 +304,15 @@ def _max_distance_option(value: str) -> Any:
 @click.option("--floor", is_flag=True, help="Also time a bare blocked product + top-k of the same size.")
 @click.option("--compare-products", "products", is_flag=True, help="Also measure numpy / torch / faiss product throughput.")
 @click.option("--recall-sample", type=int, default=2000, show_default=True, help="Rows used for recall@k1 of approximate kNN.")
+@click.option("--samples-per-identity", type=click.IntRange(min=1), default=31, show_default=True, help="Synthetic: images per identity.")
+@click.option("--noise", type=click.FloatRange(min=0), default=0.6, show_default=True, help="Synthetic: per-dim noise scale (1.0 = hard).")
+@click.option("--spectrum-decay", type=click.FloatRange(min=0), default=1.0, show_default=True, help="Synthetic: identity-centre spectrum exponent (0 = isotropic).")
 @click.option("--json", "as_json", is_flag=True, help="Print only the JSON object.")
 @click.option("--output", type=click.Path(dir_okay=False, path_type=Path), help="Also write the JSON to this file.")
-def clustering_bench(n, dim, k1, k2, knn, clusterer, seed, features_path, max_distance, reference, floor, products, recall_sample, as_json, output):
+def clustering_bench(
+    n, dim, k1, k2, knn, clusterer, seed, features_path, max_distance, reference, floor, products, recall_sample,
+    samples_per_identity, noise, spectrum_decay, as_json, output,
+):
     """Time the clustering stage (kNN, Jaccard, clustering) and print the figures as JSON."""
     if n < 2 or dim < 1:
         raise click.BadParameter(f"--n must be ≥ 2 and --dim ≥ 1; received {n} and {dim}")
@@ -311,6 +320,7 @@ def clustering_bench(n, dim, k1, k2, knn, clusterer, seed, features_path, max_di
         n=n, dim=dim, k1=k1, k2=k2, knn=knn, clusterer=clusterer, seed=seed, features_path=features_path,
         max_distance=_max_distance_option(max_distance), reference=reference, floor=floor, products=products,
         recall_sample=recall_sample,
+        generator={"samples_per_identity": samples_per_identity, "noise": noise, "spectrum_decay": spectrum_decay},
     )
     text = json.dumps(report, indent=None if as_json else 2)
     if output is not None:

@@ -308,6 +308,7 @@ def k_reciprocal_encoding(
     ``half`` is the width of the half sets. ``distance_scale[i]`` multiplies row i's squared distances
     before the softmax (1 for clustering, 1/row maximum for re-ranking).
     """
+    unit_features = np.ascontiguousarray(unit_features, dtype=np.float32)
     n = unit_features.shape[0]
     nbrs = _int32_neighbors(neighbors, n, forward_width)
     full_members, full_counts = _reciprocal_sets(nbrs, forward_width)

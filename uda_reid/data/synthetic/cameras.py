@@ -19,6 +19,14 @@ from .domains import DomainStyle
 SCENE_WIDTH_IN_CROPS = 5  # a street scene is this many crops wide: backgrounds vary within a camera
 SCENE_HEIGHT_MARGIN = 0.25  # and this much taller than a crop
 
+# Directions of a camera's colour cast (R, G, B gain offsets): sodium-warm, shade-blue, fluorescent
+# green, magenta, yellow, slightly cold. Cameras of a domain take different ones.
+CAST_DIRECTIONS: tuple[tuple[float, float, float], ...] = (
+    (1.0, 0.15, -1.0), (-0.8, 0.0, 1.0), (-0.5, 1.0, -0.5), (0.7, -1.0, 0.7), (0.6, 0.5, -1.0), (-0.3, 0.1, 0.4),
+)
+WALL_KINDS = ("brick", "windows", "shopfront", "trees", "panels")
+GROUND_KINDS = ("tiles", "asphalt", "paving")
+
 STUDIO_COLOURS: tuple[RGB, ...] = (
     (214, 214, 210), (226, 216, 196), (196, 212, 228), (204, 222, 204), (218, 208, 226),
     (236, 234, 226), (232, 226, 192), (190, 222, 220), (200, 200, 206),
@@ -45,9 +53,15 @@ class CameraLook:
     scene: Image.Image | None
 
 
-def build_camera(rng: np.random.Generator, index: int, style: DomainStyle, render_size: tuple[int, int]) -> CameraLook:
-    """Draw camera `index`'s fixed look from the domain style. `render_size` is (width, height)."""
-    cast = rng.uniform(-style.camera_colour_cast, style.camera_colour_cast, size=3)
+def build_camera(rng: np.random.Generator, index: int, style: DomainStyle, render_size: tuple[int, int],
+                 variant: int = 0) -> CameraLook:
+    """Draw camera `index`'s fixed look from the domain style. `render_size` is (width, height).
+
+    `variant` picks the cast direction and the scene's facade, so that the cameras of one domain
+    (given distinct variants) differ visibly instead of by chance.
+    """
+    direction = np.asarray(CAST_DIRECTIONS[variant % len(CAST_DIRECTIONS)])
+    cast = style.camera_colour_cast * rng.uniform(0.7, 1.0) * direction
     gains = 1.0 + cast - cast.mean()  # a hue shift; brightness is its own factor
     viewpoint_weights = rng.dirichlet(np.full(len(VIEWPOINTS), 1.5)) + 0.08
     viewpoint_weights /= viewpoint_weights.sum()
@@ -55,7 +69,8 @@ def build_camera(rng: np.random.Generator, index: int, style: DomainStyle, rende
     if style.background == "street":
         width, height = render_size
         scene = paint_street_scene(
-            rng, width * SCENE_WIDTH_IN_CROPS, int(round(height * (1.0 + SCENE_HEIGHT_MARGIN)))
+            rng, width * SCENE_WIDTH_IN_CROPS, int(round(height * (1.0 + SCENE_HEIGHT_MARGIN))),
+            wall=WALL_KINDS[variant % len(WALL_KINDS)],
         )
     return CameraLook(
         index=index,
@@ -90,8 +105,7 @@ def studio_background(rng: np.random.Generator, width: int, height: int) -> Imag
     return Image.fromarray(np.clip(image, 0, 255).astype(np.uint8), "RGB")
 
 
-def _paint_wall(draw: ImageDraw.ImageDraw, rng: np.random.Generator, width: int, horizon: int) -> None:
-    kind = ("brick", "windows", "shopfront", "trees", "panels")[int(rng.integers(5))]
+def _paint_wall(draw: ImageDraw.ImageDraw, rng: np.random.Generator, width: int, horizon: int, kind: str) -> None:
     if kind == "brick":
         base = ((150, 72, 56), (172, 112, 82), (122, 62, 52), (182, 152, 122))[int(rng.integers(4))]
         draw.rectangle((0, 0, width, horizon), fill=_vary(rng, base, 10))
@@ -139,7 +153,7 @@ def _paint_wall(draw: ImageDraw.ImageDraw, rng: np.random.Generator, width: int,
 
 
 def _paint_ground(draw: ImageDraw.ImageDraw, rng: np.random.Generator, width: int, height: int, horizon: int) -> None:
-    kind = ("tiles", "asphalt", "paving")[int(rng.integers(3))]
+    kind = GROUND_KINDS[int(rng.integers(len(GROUND_KINDS)))]
     if kind == "tiles":
         base = _vary(rng, (156, 152, 144), 20)
         draw.rectangle((0, horizon, width, height), fill=base)
@@ -184,12 +198,12 @@ def _paint_props(draw: ImageDraw.ImageDraw, rng: np.random.Generator, width: int
             draw.rectangle((x, top + int(h * 0.6), x + h // 6, top + h), fill=_vary(rng, (50, 50, 60), 30))
 
 
-def paint_street_scene(rng: np.random.Generator, width: int, height: int) -> Image.Image:
-    """A textured street scene (facade, pavement, props, sensor grain) that crops are taken from."""
+def paint_street_scene(rng: np.random.Generator, width: int, height: int, wall: str = "windows") -> Image.Image:
+    """A textured street scene (facade `wall` in WALL_KINDS, pavement, props, grain) crops are taken from."""
     image = Image.new("RGB", (width, height))
     draw = ImageDraw.Draw(image)
     horizon = int(height * rng.uniform(0.45, 0.7))
-    _paint_wall(draw, rng, width, horizon)
+    _paint_wall(draw, rng, width, horizon, wall)
     _paint_ground(draw, rng, width, height, horizon)
     _paint_props(draw, rng, width, height, horizon)
     pixels = np.asarray(image.filter(ImageFilter.GaussianBlur(0.6)), dtype=np.float32)

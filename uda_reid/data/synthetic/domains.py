@@ -87,7 +87,7 @@ SYNTHX_STYLE = DomainStyle(
 
 SYNTHM_STYLE = DomainStyle(
     background="street",
-    camera_colour_cast=0.22,
+    camera_colour_cast=0.2,
     camera_brightness=(0.65, 1.15),
     camera_saturation=(0.55, 0.9),
     camera_contrast=(0.7, 0.95),

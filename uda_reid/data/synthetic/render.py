@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .appearance import RGB, Identity, Occluder, View
+from .appearance import RGB, Identity, Occluder, View, sample_occluder
 from .cameras import CameraLook, apply_camera_look, crop_scene, studio_background
 from .domains import DomainStyle
 
@@ -172,10 +172,10 @@ def _draw_frontal(draw: ImageDraw.ImageDraw, identity: Identity, view: View, f: 
     # torso, patterns, front-only details
     torso = ((cx - shoulder, f.y(0.18)), (cx + shoulder, f.y(0.18)), (cx + waist, hip_y + 0.02 * P),
              (cx - waist, hip_y + 0.02 * P))
-    for side in (1, -1):
-        x = cx + side * (shoulder - 0.035 * P)
-        draw.ellipse((x - 0.045 * P, f.y(0.165), x + 0.045 * P, f.y(0.255)), fill=identity.upper_colour)
     _garment(draw, torso, identity)
+    for side in (1, -1):  # rounded shoulders, hidden under the sleeves' tops
+        x = cx + side * (shoulder - 0.03 * P)
+        draw.ellipse((x - 0.03 * P, f.y(0.172), x + 0.03 * P, f.y(0.232)), fill=identity.upper_colour)
     if front and identity.upper_pattern == "logo":
         _logo(draw, identity, (cx, f.y(0.3)), 0.06 * P * w)
     if front and identity.accessory == "backpack":
@@ -429,8 +429,6 @@ def render_non_person(kind: str, view: View, *, camera: CameraLook, style: Domai
         canvas = Image.alpha_composite(canvas, layer)
     if view.occluder is not None:
         draw_occluder(canvas, view.occluder)
-    if kind == "distractor" and stranger is None:
-        from .appearance import sample_occluder  # a second object makes empty crops less uniform
-
+    if kind == "distractor" and stranger is None:  # a second object makes empty crops less uniform
         draw_occluder(canvas, sample_occluder(rng))
     return _finish(canvas, camera, view, style, rng)

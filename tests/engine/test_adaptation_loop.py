@@ -1,0 +1,146 @@
+"""The cluster -> adapt loop end to end on tiny data: UDA and USL runs, resume, and bad input."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from uda_reid.clustering import ClusterResult
+from uda_reid.config import RunConfig, apply_overrides
+from uda_reid.engine import run_log
+from uda_reid.engine.checkpoints import load_checkpoint
+from uda_reid.engine.loop import adapt
+from uda_reid.engine.supervised import TrainingDivergedError
+from uda_reid.errors import CheckpointError, ConfigError, UnknownNameError
+from uda_reid.evaluation.protocol import evaluate_model
+from uda_reid.data.datasets import load_dataset
+from uda_reid.models.factory import model_from_weights
+from tiny_reid_data import write_two_domains
+
+TINY = {
+    "device": "cpu",
+    "data.height": 32, "data.width": 16, "data.batch_size": 16, "data.num_instances": 4,
+    "data.workers": 0, "data.pad": 2, "data.eval_batch_size": 64,
+    "model.arch": "resnet18",
+    "optim.warmup_epochs": 0, "optim.milestones": [20],
+    "clustering.k1": 6, "clustering.k2": 2, "clustering.min_samples": 2,
+    "adapt.epochs": 2, "adapt.iters_per_epoch": 2, "adapt.eval_every": 1,
+}
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    return write_two_domains(tmp_path_factory.mktemp("data"))
+
+
+def tiny_config(**overrides):
+    return apply_overrides(RunConfig(), {**TINY, **overrides})
+
+
+def rows(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_uda_run_logs_direct_transfer_then_epochs_and_writes_loadable_checkpoints(tmp_path, data_root):
+    config = tiny_config(source="market1501", target="dukemtmc", **{"adapt.bn_groups": 2})
+    summary = adapt(config, tmp_path, data_root=data_root, progress=False)
+    logged = rows(tmp_path)
+    assert [r["epoch"] for r in logged] == [0, 1, 2]
+    assert set(logged[0]) == {"epoch", "mAP", "rank1", "rank5", "rank10"}  # direct transfer, before adapting
+    for row in logged[1:]:
+        assert {"clusters", "outliers", "unclustered", "cluster_seconds", "loss_source", "loss_target", "mAP"} <= set(row)
+        assert np.isfinite(row["loss"])
+    assert summary["direct_transfer"]["mAP"] == logged[0]["mAP"]
+    assert (tmp_path / "config.yaml").exists() and (tmp_path / "metrics.png").exists()
+    # last.pt holds a plain model that evaluate/--init read; its figures are the last row's.
+    model, saved_config = model_from_weights(str(tmp_path / "last.pt"))
+    figures = evaluate_model(model, load_dataset("dukemtmc", data_root), saved_config.data, progress=False)
+    assert figures["mAP"] == pytest.approx(logged[-1]["mAP"], abs=1e-6)
+
+
+def test_usl_run_trains_target_only(tmp_path, data_root):
+    adapt(tiny_config(target="dukemtmc", **{"clustering.clusterer": "hdbscan"}), tmp_path, data_root=data_root, progress=False)
+    logged = rows(tmp_path)
+    assert "loss_source" not in logged[-1] and logged[-1]["loss_target"] > 0
+
+
+def test_resume_after_a_kill_reaches_the_uninterrupted_result(tmp_path, data_root, monkeypatch):
+    config = tiny_config(source="market1501", target="dukemtmc", **{"adapt.epochs": 3})
+    adapt(config, tmp_path / "full", data_root=data_root, progress=False)
+
+    append = run_log.RunLog.append
+
+    def killed_after_epoch_2(self, row):
+        append(self, row)
+        if row["epoch"] == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(run_log.RunLog, "append", killed_after_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        adapt(config, tmp_path / "cut", data_root=data_root, progress=False)
+    monkeypatch.setattr(run_log.RunLog, "append", append)
+    adapt(config, tmp_path / "cut", data_root=data_root, progress=False, resume=True)
+
+    def comparable(run):
+        return [{k: v for k, v in r.items() if not k.endswith("seconds")} for r in rows(run)]
+
+    assert comparable(tmp_path / "cut") == comparable(tmp_path / "full")
+    full = load_checkpoint(tmp_path / "full" / "last.pt")["model"]
+    cut = load_checkpoint(tmp_path / "cut" / "last.pt")["model"]
+    assert all(torch.equal(full[k], cut[k]) for k in full)
+
+
+def test_resume_with_another_config_is_refused(tmp_path, data_root):
+    adapt(tiny_config(target="dukemtmc", **{"adapt.epochs": 1}), tmp_path, data_root=data_root, progress=False)
+    with pytest.raises(CheckpointError, match=r"clustering.eps: checkpoint 0.6, now 0.5"):
+        adapt(tiny_config(target="dukemtmc", **{"clustering.eps": 0.5}), tmp_path, data_root=data_root,
+              progress=False, resume=True)
+
+
+def test_all_outlier_and_single_cluster_epochs_go_on_with_instances(tmp_path, data_root, monkeypatch):
+    import uda_reid.engine.loop as loop
+
+    outcomes = iter([np.full(72, -1), np.zeros(72, dtype=np.int64)])  # epoch 1: all outliers; epoch 2: one cluster
+
+    def fake_stage(features, **kwargs):
+        labels = next(outcomes)
+        clusters = int(labels.max()) + 1 if labels.max() >= 0 else 0
+        return ClusterResult(labels=labels, num_clusters=clusters, num_outliers=int((labels < 0).sum()))
+
+    monkeypatch.setattr(loop, "cluster_stage", fake_stage)
+    adapt(tiny_config(target="dukemtmc"), tmp_path, data_root=data_root, progress=False)
+    logged = rows(tmp_path)
+    assert logged[1]["clusters"] == 0 and logged[1]["unclustered"] == 72 and np.isfinite(logged[1]["loss"])
+    assert logged[2]["clusters"] == 1 and logged[2]["outliers"] == 0 and np.isfinite(logged[2]["loss"])
+    log_text = (tmp_path / "log.txt").read_text()
+    assert "every target image is an outlier" in log_text and "all target images fell into one cluster" in log_text
+
+
+def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(tmp_path, data_root, monkeypatch):
+    from uda_reid.methods.spcl import SpCL
+
+    config = tiny_config(target="dukemtmc", **{"adapt.epochs": 2})
+    adapt(config, tmp_path, data_root=data_root, progress=False, **{})
+    good = load_checkpoint(tmp_path / "last.pt")
+    original = SpCL.training_step
+
+    def nan_step(self, ctx, batch):
+        losses = original(self, ctx, batch)
+        return {name: value * float("nan") for name, value in losses.items()}
+
+    monkeypatch.setattr(SpCL, "training_step", nan_step)
+    with pytest.raises(TrainingDivergedError, match=r"loss became nan at epoch 3, iteration 1 \(loss_target nan\)"):
+        adapt(apply_overrides(config, {"adapt.epochs": 3}), tmp_path, data_root=data_root, progress=False, resume=True)
+    kept = load_checkpoint(tmp_path / "last.pt")
+    assert kept["epoch"] == good["epoch"]
+    assert all(torch.equal(kept["model"][k], good["model"][k]) for k in good["model"])
+
+
+def test_unknown_method_clusterer_and_method_option_are_named(tmp_path):
+    with pytest.raises(UnknownNameError, match="unknown method 'mmt' for --method; known: spcl"):
+        adapt(tiny_config(target="dukemtmc", **{"adapt.method": "mmt"}), tmp_path, progress=False)
+    with pytest.raises(ConfigError, match="method_options: unknown key 'temprature'"):
+        adapt(tiny_config(target="dukemtmc", method_options={"temprature": 0.1}), tmp_path, progress=False)
+    with pytest.raises(ConfigError, match="needs a target dataset"):
+        adapt(tiny_config(), tmp_path, progress=False)
