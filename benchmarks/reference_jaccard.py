@@ -12,8 +12,6 @@ ascending on unit vectors), ties by smaller index.
 
 from __future__ import annotations
 
-from typing import Optional
-
 import numpy as np
 
 
@@ -73,7 +71,7 @@ def _jaccard(encoding: np.ndarray, rows: range) -> np.ndarray:
     return distance
 
 
-def reference_jaccard(features, k1: int = 30, k2: int = 6, neighbors: Optional[np.ndarray] = None) -> np.ndarray:
+def reference_jaccard(features, k1: int = 30, k2: int = 6, neighbors: np.ndarray | None = None) -> np.ndarray:
     """Dense N×N Jaccard distance for clustering (forward lists of k1 entries, self included).
 
     ``neighbors`` (N×≥k1) replaces the dense kNN, to compare the later steps on identical lists.

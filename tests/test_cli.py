@@ -37,9 +37,9 @@ def test_data_stats_json_counts(market_root):
 
 
 def test_unknown_dataset_is_one_line_listing_known_ones(market_root):
-    result = CliRunner().invoke(cli, ["data", "stats", "--dataset", "market", "--root", str(market_root)])
+    result = CliRunner().invoke(cli, ["data", "stats", "--dataset", "market15", "--root", str(market_root)])
     assert result.exit_code == 1
-    assert "Error: unknown dataset 'market' for --dataset; known: " in result.output
+    assert "Error: unknown dataset 'market15' for --dataset; known: " in result.output
     assert "Traceback" not in result.output
 
 
@@ -89,3 +89,47 @@ def test_train_refuses_to_overwrite_an_earlier_run(tmp_path):
 def test_unknown_recipe_key_in_set_is_named(tmp_path):
     result = CliRunner().invoke(cli, ["train", "--dataset", "market1501", "--out", str(tmp_path / "r"), "--set", "optim.lrr=1"])
     assert result.exit_code == 1 and "unknown key 'lrr'" in result.output
+
+
+TINY_SETS = [
+    "device=cpu", "data.height=32", "data.width=16", "data.batch_size=16", "data.workers=0", "data.pad=2",
+    "model.arch=resnet18", "optim.warmup_epochs=0", "clustering.k1=6", "clustering.k2=2",
+    "clustering.min_samples=2", "adapt.iters_per_epoch=2", "adapt.eval_every=1", "adapt.bn_groups=1",
+]
+
+
+def _sets():
+    return [arg for item in TINY_SETS for arg in ("--set", item)]
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["adapt", "--source", "market", "--target", "duke"],
+        ["usl", "--dataset", "duke", "--clusterer", "kmeans"],
+    ],
+)
+def test_adapt_and_usl_commands_run_and_save_the_resolved_config(tmp_path, command):
+    from tiny_reid_data import write_two_domains
+
+    data_root = write_two_domains(tmp_path / "data")
+    out = tmp_path / "run"
+    args = command + ["--data-root", str(data_root), "--out", str(out), "--epochs", "1", "--quiet", *_sets()]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert "initial: mAP" in result.output and "adapted: mAP" in result.output
+    import yaml
+
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["target"] == "dukemtmc" and saved["adapt"]["epochs"] == 1 and saved["data"]["height"] == 32
+    assert saved["source"] == ("market1501" if command[0] == "adapt" else None)
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [0, 1]
+    # Running again into the same folder without --resume is refused; with --resume it is a no-op run.
+    again = CliRunner().invoke(cli, args)
+    assert again.exit_code == 1 and "pass --resume" in again.output
+
+
+def test_adapt_unknown_method_lists_known_ones(tmp_path):
+    result = CliRunner().invoke(cli, ["adapt", "--source", "market", "--target", "duke", "--method", "mmt", "--out", str(tmp_path / "r")])
+    assert result.exit_code == 1 and "unknown method 'mmt' for --method; known: spcl" in result.output

@@ -150,7 +150,10 @@ def _run_adaptation(source, target, method, recipe, data_root, out, init, arch, 
 
     source = canonical_name(source) if source else None
     target = canonical_name(target)
+    from .methods import METHODS
+
     method = method or "spcl"
+    METHODS.get(method)  # an unknown --method is named before any recipe is looked up
     recipe = recipe or _default_adapt_recipe(method, source, target)
     overrides = {
         "source": source,

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 import torch
+from clustering_inputs import blobs, clustered_features, same_partition
 from sklearn.cluster import DBSCAN
 
-from clustering_inputs import blobs, clustered_features, same_partition
 from uda_reid.clustering import (
     CLUSTERERS,
     DBSCANClusterer,

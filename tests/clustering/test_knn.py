@@ -3,9 +3,13 @@
 import numpy as np
 import pytest
 import torch
-
 from clustering_inputs import clustered_features
-from uda_reid.clustering.inputs import InvalidFeaturesError, InvalidParameterError, l2_normalised
+
+from uda_reid.clustering.inputs import (
+    InvalidFeaturesError,
+    InvalidParameterError,
+    l2_normalised,
+)
 from uda_reid.clustering.knn import (
     KNN_BACKENDS,
     _exact_knn_device,

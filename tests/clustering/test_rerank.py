@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 import torch
-
 from clustering_inputs import clustered_features
+
 from uda_reid.clustering.inputs import InvalidFeaturesError, InvalidParameterError
 from uda_reid.evaluation.rerank import re_rank
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 import re
 from collections import defaultdict
 from pathlib import Path
@@ -30,7 +29,7 @@ from uda_reid.data.synthetic import (
 from uda_reid.data.synthetic import generate as generate_module
 from uda_reid.errors import ConfigError, DatasetLayoutError, UnknownNameError
 
-SMALL = dict(num_train_ids=4, num_test_ids=4, images_per_id=(4, 6))
+SMALL = {"num_train_ids": 4, "num_test_ids": 4, "images_per_id": (4, 6)}
 MARKET_NAME = re.compile(r"^(-1|\d{4})_c([1-6])s1_(\d{6})_(\d{2})\.jpg$")
 SPLITS = ("bounding_box_train", "query", "bounding_box_test")
 
@@ -66,7 +65,9 @@ def small_domains(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 @pytest.mark.parametrize("domain", ["synthx", "synthm"])
-def test_writes_market_layout_with_counts_matching_the_manifest(small_domains: dict[str, Path], domain: str) -> None:
+def test_writes_market_layout_with_counts_matching_the_manifest(
+    small_domains: dict[str, Path], domain: str
+) -> None:
     folder = small_domains[domain]
     assert folder.name == DOMAINS[domain].folder
     assert sorted(p.name for p in folder.iterdir()) == sorted([*SPLITS, "manifest.json"])
@@ -116,7 +117,9 @@ def test_same_seed_gives_identical_files_and_another_seed_differs(tmp_path: Path
     first_images = {k: v for k, v in _files(first).items() if k.endswith(".jpg")}
     other_images = {k: v for k, v in _files(other).items() if k.endswith(".jpg")}
     shared = first_images.keys() & other_images.keys()
-    assert first_images.keys() != other_images.keys() or all(first_images[k] != other_images[k] for k in shared)
+    assert first_images.keys() != other_images.keys() or all(
+        first_images[k] != other_images[k] for k in shared
+    )
 
 
 def test_a_person_does_not_depend_on_the_number_of_people_but_on_the_domain() -> None:
@@ -151,7 +154,9 @@ def test_ensure_domain_reuses_a_matching_folder_and_regenerates_on_changed_param
     assert sorted(p.name for p in tmp_path.iterdir()) == ["SynthX"]  # no staging or retired copies left
 
 
-def test_interrupted_generation_leaves_no_complete_looking_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_interrupted_generation_leaves_no_complete_looking_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     calls = {"n": 0}
     real_render = generate_module.render_planned
 
@@ -212,26 +217,49 @@ def test_logo_is_seen_only_from_the_front_and_a_backpack_mostly_from_the_back() 
     spec = resolve_spec("synthx")
     camera = build_camera(np.random.default_rng(0), 1, spec.style, (128, 256))
     magenta, cyan = (255, 0, 255), (0, 255, 255)
-    plain = dataclasses.replace(identity_of(spec, 1), upper_colour=(40, 40, 40), lower_colour=(40, 40, 40),
-                                hat_colour=None, shoe_colour=(40, 40, 40))
+    plain = dataclasses.replace(
+        identity_of(spec, 1),
+        upper_colour=(40, 40, 40),
+        lower_colour=(40, 40, 40),
+        hat_colour=None,
+        shoe_colour=(40, 40, 40),
+    )
     with_logo = dataclasses.replace(plain, upper_pattern="logo", upper_accent=magenta, accessory="none")
-    with_backpack = dataclasses.replace(plain, upper_pattern="plain", accessory="backpack", accessory_colour=cyan)
+    with_backpack = dataclasses.replace(
+        plain, upper_pattern="plain", accessory="backpack", accessory_colour=cyan
+    )
 
     def render(person: Identity, viewpoint: str) -> Image.Image:
-        view = View(viewpoint=viewpoint, walk_phase=0.0, stride=0.0, person_height=0.9, center_x=0.5, foot_y=0.98,
-                    rotation=0.0, brightness=1.0, light_gradient=(0.0, 0.0), background_offset=(0.0, 0.0),
-                    occluder=None)
-        return render_person(person, view, camera=camera, style=spec.style, rng=np.random.default_rng(1),
-                             size=(64, 128))
+        view = View(
+            viewpoint=viewpoint,
+            walk_phase=0.0,
+            stride=0.0,
+            person_height=0.9,
+            center_x=0.5,
+            foot_y=0.98,
+            rotation=0.0,
+            brightness=1.0,
+            light_gradient=(0.0, 0.0),
+            background_offset=(0.0, 0.0),
+            occluder=None,
+        )
+        return render_person(
+            person, view, camera=camera, style=spec.style, rng=np.random.default_rng(1), size=(64, 128)
+        )
 
     logo = {viewpoint: _count_near(render(with_logo, viewpoint), magenta) for viewpoint in VIEWPOINTS}
     assert logo["front"] > 20 and logo["back"] == logo["left"] == logo["right"] == 0
     pack = {viewpoint: _count_near(render(with_backpack, viewpoint), cyan) for viewpoint in VIEWPOINTS}
-    assert pack["back"] > max(pack["left"], pack["right"]) and min(pack["left"], pack["right"]) > 2 * pack["front"] > 0
+    assert (
+        pack["back"] > max(pack["left"], pack["right"])
+        and min(pack["left"], pack["right"]) > 2 * pack["front"] > 0
+    )
 
 
 def _person_images(folder: Path) -> list[tuple[int, int, np.ndarray]]:
-    return [(pid, cam, _pixels(path)) for split in SPLITS for pid, cam, path in _parse(folder)[split] if pid > 0]
+    return [
+        (pid, cam, _pixels(path)) for split in SPLITS for pid, cam, path in _parse(folder)[split] if pid > 0
+    ]
 
 
 def _camera_colour_spread(images: list[tuple[int, int, np.ndarray]]) -> float:
@@ -249,13 +277,20 @@ def _border_high_frequency(images: list[tuple[int, int, np.ndarray]]) -> float:
     for _, _, img in images:
         grey = img.mean(axis=2)
         border = np.concatenate([grey[:, :8], grey[:, -8:]], axis=1)
-        laplacian = (4 * border[1:-1, 1:-1] - border[:-2, 1:-1] - border[2:, 1:-1]
-                     - border[1:-1, :-2] - border[1:-1, 2:])
+        laplacian = (
+            4 * border[1:-1, 1:-1]
+            - border[:-2, 1:-1]
+            - border[2:, 1:-1]
+            - border[1:-1, :-2]
+            - border[1:-1, 2:]
+        )
         energies.append(np.abs(laplacian).mean())
     return float(np.mean(energies))
 
 
-def test_synthm_cameras_differ_in_colour_and_its_backgrounds_are_cluttered(small_domains: dict[str, Path]) -> None:
+def test_synthm_cameras_differ_in_colour_and_its_backgrounds_are_cluttered(
+    small_domains: dict[str, Path],
+) -> None:
     clean, street = _person_images(small_domains["synthx"]), _person_images(small_domains["synthm"])
     assert _camera_colour_spread(street) > 2.5 * _camera_colour_spread(clean)
     assert _border_high_frequency(street) > 2.0 * _border_high_frequency(clean)
@@ -285,9 +320,9 @@ def test_montage_rows_are_identities_with_their_images_pasted_unchanged(
     out = save_montage(folder, tmp_path / "montage.png", n=2, images_per_row=3)
     with Image.open(out) as sheet:
         montage = np.asarray(sheet.convert("RGB"))
-    first_train = sorted((folder / "bounding_box_train").glob("0001_*.jpg"))[0]  # row 0 = id 0001, camera order
+    first_train = min((folder / "bounding_box_train").glob("0001_*.jpg"))  # row 0 = id 0001, camera order
     label_height, gap = 14, 2
-    top_left = montage[label_height + gap: label_height + gap + 128, gap: gap + 64]
+    top_left = montage[label_height + gap : label_height + gap + 128, gap : gap + 64]
     np.testing.assert_array_equal(top_left, _pixels(first_train).astype(np.uint8))
     assert montage.shape == (label_height + 2 * (128 + gap) + gap, 3 * (64 + gap) + gap, 3)
     with pytest.raises(DatasetLayoutError, match="neither a bounding_box_train/ folder nor .jpg"):

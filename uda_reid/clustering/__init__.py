@@ -6,8 +6,8 @@ for methods that need them (SpCL's reliability reruns DBSCAN on ``result.distanc
 
 from .cluster import (
     CLUSTERERS,
-    ClusterResult,
     Clusterer,
+    ClusterResult,
     DBSCANClusterer,
     HDBSCANClusterer,
     KMeansClusterer,

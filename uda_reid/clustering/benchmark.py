@@ -21,8 +21,9 @@ import os
 import resource
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 import click
 import numpy as np
@@ -100,7 +101,7 @@ def _peak_rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GIB
 
 
-def _load_average() -> Optional[list[float]]:
+def _load_average() -> list[float] | None:
     try:
         return [round(x, 2) for x in os.getloadavg()]
     except OSError:
@@ -186,13 +187,13 @@ def run_benchmark(
     knn: str = "auto",
     clusterer: str = "dbscan",
     seed: int = 0,
-    features_path: Optional[Path] = None,
+    features_path: Path | None = None,
     max_distance: Any = "auto",
     reference: bool = False,
     floor: bool = False,
     products: bool = False,
     recall_sample: int = 2000,
-    generator: Optional[dict[str, Any]] = None,
+    generator: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Run the stage once on synthetic or loaded features and return the figures as a dict."""
     report: dict[str, Any] = {"load_average_at_start": _load_average()}
@@ -300,7 +301,7 @@ def _max_distance_option(value: str) -> Any:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--features", "features_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="N×D .npy file instead of synthetic features.")
 @click.option("--max-distance", default="auto", show_default=True, help="auto (clusterer's eps), none, or a number in (0, 1].")
-@click.option("--reference", is_flag=True, help="Also run the dense published algorithm (N ≲ 15,000) and compare.")
+@click.option("--reference", is_flag=True, help="Also run the dense published algorithm (N ≲ 15,000) and compare (our distance is then computed in full: max-distance none).")
 @click.option("--floor", is_flag=True, help="Also time a bare blocked product + top-k of the same size.")
 @click.option("--compare-products", "products", is_flag=True, help="Also measure numpy / torch / faiss product throughput.")
 @click.option("--recall-sample", type=int, default=2000, show_default=True, help="Rows used for recall@k1 of approximate kNN.")
@@ -339,7 +340,7 @@ def clustering_bench(
     click.echo(text)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark command with ``argv`` (default: sys.argv[1:]); returns the exit code."""
     try:
         clustering_bench.main(args=list(argv) if argv is not None else sys.argv[1:], standalone_mode=False)

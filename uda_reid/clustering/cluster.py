@@ -13,25 +13,33 @@ import abc
 import heapq
 import inspect
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Mapping, Optional, Union
+from typing import Any, ClassVar
 
 import faiss
 import hdbscan
 import numpy as np
 import scipy.sparse as sp
 from hdbscan._hdbscan_linkage import label as single_linkage_label
-from hdbscan.hdbscan_ import _tree_to_labels  # the package's labelling of a spanning tree
+from hdbscan.hdbscan_ import (
+    _tree_to_labels,  # the package's labelling of a spanning tree
+)
 from numba import njit
 from sklearn.cluster import DBSCAN
 
 from ..errors import ConfigError
 from ..registry import Registry
-from .inputs import FeatureArray, InvalidDistanceError, InvalidParameterError, l2_normalised
+from .inputs import (
+    FeatureArray,
+    InvalidDistanceError,
+    InvalidParameterError,
+    l2_normalised,
+)
 from .jaccard import check_jaccard_parameters, jaccard_distance, jaccard_from_neighbors
 from .knn import NeighborLists, knn_search
 
-DistanceMatrix = Union[sp.spmatrix, np.ndarray]
+DistanceMatrix = sp.spmatrix | np.ndarray
 
 CLUSTERERS: Registry[type] = Registry("clusterer", "--clusterer")
 
@@ -77,14 +85,14 @@ class Clusterer(abc.ABC):
     labels_: np.ndarray
 
     @abc.abstractmethod
-    def fit(self, data: Any) -> "Clusterer":
+    def fit(self, data: Any) -> Clusterer:
         """Cluster ``data`` (a distance or features, see ``input_kind``) and set ``labels_``."""
 
     def fit_predict(self, data: Any) -> np.ndarray:
         return self.fit(data).labels_
 
     @property
-    def max_distance(self) -> Optional[float]:
+    def max_distance(self) -> float | None:
         """Largest distance the clusterer reads (the Jaccard step may drop larger ones), or None = all."""
         return None
 
@@ -107,10 +115,10 @@ class DBSCANClusterer(Clusterer):
         self.min_samples = min_samples
 
     @property
-    def max_distance(self) -> Optional[float]:
+    def max_distance(self) -> float | None:
         return float(self.eps) if isinstance(self.eps, (int, float)) and 0 < self.eps <= 1 else None
 
-    def fit(self, distance: DistanceMatrix) -> "DBSCANClusterer":
+    def fit(self, distance: DistanceMatrix) -> DBSCANClusterer:
         _check_number("eps", self.eps, low=0.0, low_open=True)
         _check_number("min_samples", self.min_samples, low=1, integer=True)
         matrix = _check_distance(distance, at_most_one=False)
@@ -208,7 +216,7 @@ class HDBSCANClusterer(Clusterer):
         self,
         *,
         min_cluster_size: int = 4,
-        min_samples: Optional[int] = 4,
+        min_samples: int | None = 4,
         cluster_selection_epsilon: float = 0.0,
         cluster_selection_method: str = "eom",
         allow_single_cluster: bool = False,
@@ -219,7 +227,7 @@ class HDBSCANClusterer(Clusterer):
         self.cluster_selection_method = cluster_selection_method
         self.allow_single_cluster = allow_single_cluster
 
-    def fit(self, distance: DistanceMatrix) -> "HDBSCANClusterer":
+    def fit(self, distance: DistanceMatrix) -> HDBSCANClusterer:
         _check_number("min_cluster_size", self.min_cluster_size, low=2, integer=True)
         min_samples = self.min_cluster_size if self.min_samples is None else self.min_samples
         _check_number("min_samples", min_samples, low=1, integer=True)
@@ -271,7 +279,7 @@ class KMeansClusterer(Clusterer):
 
     input_kind = "features"
 
-    def __init__(self, *, n_clusters: Optional[int] = None, n_iter: int = 20, seed: int = 0, estimate_eps: float = 0.6) -> None:
+    def __init__(self, *, n_clusters: int | None = None, n_iter: int = 20, seed: int = 0, estimate_eps: float = 0.6) -> None:
         self.n_clusters = n_clusters
         self.n_iter = n_iter
         self.seed = seed
@@ -283,7 +291,7 @@ class KMeansClusterer(Clusterer):
         labels = DBSCANClusterer(eps=self.estimate_eps).fit_predict(distance)
         return max(1, int(labels.max()) + 1)
 
-    def fit(self, features: FeatureArray) -> "KMeansClusterer":
+    def fit(self, features: FeatureArray) -> KMeansClusterer:
         _check_number("n_iter", self.n_iter, low=1, integer=True)
         _check_number("seed", self.seed, low=0, integer=True)
         _check_number("estimate_eps", self.estimate_eps, low=0.0, high=1.0, low_open=True)
@@ -307,7 +315,7 @@ class KMeansClusterer(Clusterer):
         return self
 
 
-def make_clusterer(clusterer: Union[str, Clusterer], options: Optional[Mapping[str, Any]] = None) -> Clusterer:
+def make_clusterer(clusterer: str | Clusterer, options: Mapping[str, Any] | None = None) -> Clusterer:
     """A clusterer instance from a registry name plus options, or the instance given."""
     if isinstance(clusterer, Clusterer):
         if options:
@@ -334,8 +342,8 @@ class ClusterResult:
     num_clusters: int
     num_outliers: int
     timings: dict[str, float] = field(default_factory=dict)  # seconds per step: knn, jaccard, cluster
-    distance: Optional[sp.csr_matrix] = None  # the Jaccard distance (None for feature clusterers)
-    neighbors: Optional[NeighborLists] = None
+    distance: sp.csr_matrix | None = None  # the Jaccard distance (None for feature clusterers)
+    neighbors: NeighborLists | None = None
     knn_backend: str = ""
 
     @property
@@ -349,12 +357,12 @@ _AUTO = "auto"
 def cluster_stage(
     features: FeatureArray,
     *,
-    clusterer: Union[str, Clusterer] = "dbscan",
-    clusterer_options: Optional[Mapping[str, Any]] = None,
+    clusterer: str | Clusterer = "dbscan",
+    clusterer_options: Mapping[str, Any] | None = None,
     k1: int = 30,
     k2: int = 6,
     knn: str = "auto",
-    max_distance: Union[float, str, None] = _AUTO,
+    max_distance: float | str | None = _AUTO,
 ) -> ClusterResult:
     """kNN → k-reciprocal Jaccard distance → clusterer on N×D features (numpy or torch; not modified).
 
@@ -365,8 +373,8 @@ def cluster_stage(
     model = make_clusterer(clusterer, clusterer_options)
     timings: dict[str, float] = {}
     unit = l2_normalised(features)
-    distance: Optional[sp.csr_matrix] = None
-    lists: Optional[NeighborLists] = None
+    distance: sp.csr_matrix | None = None
+    lists: NeighborLists | None = None
     if model.input_kind == "features":
         start = time.perf_counter()
         labels = model.fit_predict(unit)

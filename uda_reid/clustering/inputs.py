@@ -7,14 +7,12 @@ the shape, instead of a faiss crash or silently wrong pseudo-labels.
 
 from __future__ import annotations
 
-from typing import Union
-
 import numpy as np
 import torch
 
 from ..errors import ConfigError, UdaReidError
 
-FeatureArray = Union[np.ndarray, torch.Tensor]
+FeatureArray = np.ndarray | torch.Tensor
 
 
 class InvalidFeaturesError(UdaReidError, ValueError):

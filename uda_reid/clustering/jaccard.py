@@ -20,14 +20,19 @@ counts a point in its own neighbourhood only through a stored entry). Values equ
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 import numba
 import numpy as np
 import scipy.sparse as sp
 from numba import njit, prange
 
-from .inputs import FeatureArray, InvalidFeaturesError, InvalidParameterError, check_neighbor_count, l2_normalised
+from .inputs import (
+    FeatureArray,
+    InvalidFeaturesError,
+    InvalidParameterError,
+    check_neighbor_count,
+    l2_normalised,
+)
 from .knn import knn_search
 
 # Upper bound on the temporary entries one Jaccard chunk may hold (8 bytes each: 32 MiB).
@@ -39,7 +44,7 @@ def half_width(k1: int) -> int:
 
     ``round`` rounds halves to even exactly like ``np.around`` (16 for k1 = 30, 11 for k1 = 20).
     """
-    return int(round(k1 / 2)) + 1
+    return round(k1 / 2) + 1
 
 
 def _task_count(rows: int) -> int:
@@ -299,7 +304,7 @@ def k_reciprocal_encoding(
     *,
     forward_width: int,
     half: int,
-    distance_scale: Optional[np.ndarray] = None,
+    distance_scale: np.ndarray | None = None,
 ) -> SparseRows:
     """Sparse V (N×N): softmax weights over the expanded k-reciprocal set R*(i) of each sample.
 
@@ -342,7 +347,7 @@ def query_expansion(encoding: SparseRows, neighbors: np.ndarray, k2: int) -> Spa
 
 def jaccard_rows(
     expanded: SparseRows,
-    rows: Optional[np.ndarray] = None,
+    rows: np.ndarray | None = None,
     *,
     max_distance: float = 1.0,
     clip_negative: bool = True,
@@ -408,7 +413,7 @@ def jaccard_rows(
     return SparseRows(indptr, indices, values).to_csr(n)
 
 
-def check_jaccard_parameters(num_samples: int, k1: int, k2: int, max_distance: Optional[float]) -> float:
+def check_jaccard_parameters(num_samples: int, k1: int, k2: int, max_distance: float | None) -> float:
     """Validate k1, k2 and max_distance for N samples; returns the distance cut-off (1.0 = none)."""
     check_neighbor_count(num_samples, k1, option="k1")
     if isinstance(k2, bool) or not isinstance(k2, (int, np.integer)) or not 1 <= k2 <= k1:
@@ -426,7 +431,7 @@ def jaccard_from_neighbors(
     k1: int = 30,
     k2: int = 6,
     *,
-    max_distance: Optional[float] = None,
+    max_distance: float | None = None,
 ) -> sp.csr_matrix:
     """Jaccard distance from given self-kNN lists (N×≥k1, best first, self included).
 
@@ -447,7 +452,7 @@ def jaccard_distance(
     k2: int = 6,
     *,
     knn: str = "auto",
-    max_distance: Optional[float] = None,
+    max_distance: float | None = None,
 ) -> sp.csr_matrix:
     """k-reciprocal Jaccard distance (METHODS.md §1) of N×D features as an N×N CSR matrix.
 

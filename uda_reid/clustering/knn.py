@@ -25,8 +25,8 @@ rank k survives is faiss's choice.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Optional
 
 import numba
 import numpy as np
@@ -34,7 +34,12 @@ import torch
 from numba import njit, prange
 
 from ..registry import Registry
-from .inputs import FeatureArray, InvalidParameterError, check_neighbor_count, l2_normalised
+from .inputs import (
+    FeatureArray,
+    InvalidParameterError,
+    check_neighbor_count,
+    l2_normalised,
+)
 
 # Exact search is chosen by ``auto`` up to this many multiply-adds (N²·D/2 with the symmetric product):
 # 1e13 is about 50 s at the ~400 GFLOP/s float32 product measured on a 2-core Sapphire Rapids.
@@ -52,7 +57,7 @@ class NeighborLists:
     backend: str
     # Smallest similarity of each row to any sample (exact ``torch`` backend with
     # ``track_farthest=True`` only): the row maximum of the squared distance used by re-ranking.
-    farthest_similarity: Optional[np.ndarray] = None
+    farthest_similarity: np.ndarray | None = None
 
 
 KnnBackend = Callable[..., NeighborLists]
@@ -177,10 +182,9 @@ def _merge_block(block, row0, col0, diagonal, heap_sim, heap_idx, threshold, min
             for c in range(first, c_end):
                 s = block[r, c]
                 row = col0 + c
-                if s >= threshold[row]:
-                    if _beats(s, i, heap_sim[row, 0], heap_idx[row, 0]):
-                        _replace_root(heap_sim, heap_idx, row, s, i)
-                        threshold[row] = heap_sim[row, 0]
+                if s >= threshold[row] and _beats(s, i, heap_sim[row, 0], heap_idx[row, 0]):
+                    _replace_root(heap_sim, heap_idx, row, s, i)
+                    threshold[row] = heap_sim[row, 0]
 
 
 @njit(cache=True, parallel=True)
@@ -202,7 +206,7 @@ def _sort_heaps(heap_sim, heap_idx):
 
 def _exact_knn_cpu(
     unit: torch.Tensor, k: int, block_size: int, track_farthest: bool
-) -> tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     n = unit.shape[0]
     heap_sim = np.full((n, k), -np.inf, dtype=np.float32)
     heap_idx = np.full((n, k), _INDEX_SENTINEL, dtype=np.int32)
@@ -239,7 +243,7 @@ def _block_candidates(block: torch.Tensor, offset: int, k: int):
 
 def _exact_knn_device(
     unit: torch.Tensor, k: int, block_size: int, track_farthest: bool
-) -> tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Symmetric blocked search with the merge done by torch ops on ``unit``'s device (CUDA path)."""
     n, device = unit.shape[0], unit.device
     best_sim = torch.full((n, k), -math.inf, device=device)
@@ -321,7 +325,7 @@ def _refine_lists(unit, indices, sims, reverse_ptr, reverse_idx, hop_width, n_ta
     return out_idx, out_sim
 
 
-def refine_neighbor_lists(unit: np.ndarray, indices: np.ndarray, sims: np.ndarray, *, passes: int = 1, hop_width: Optional[int] = None) -> tuple[np.ndarray, np.ndarray]:
+def refine_neighbor_lists(unit: np.ndarray, indices: np.ndarray, sims: np.ndarray, *, passes: int = 1, hop_width: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Improve approximate kNN lists by ``passes`` rounds of neighbour descent (exact similarities)."""
     n, k = indices.shape
     idx = np.ascontiguousarray(indices, dtype=np.int64)
@@ -336,7 +340,7 @@ def refine_neighbor_lists(unit: np.ndarray, indices: np.ndarray, sims: np.ndarra
     return idx, sim
 
 
-def _resolve_device(features: FeatureArray, device: Optional[torch.device | str]) -> torch.device:
+def _resolve_device(features: FeatureArray, device: torch.device | str | None) -> torch.device:
     if device is not None:
         return torch.device(device)
     if isinstance(features, torch.Tensor) and features.device.type != "cpu":
@@ -349,8 +353,8 @@ def exact_knn(
     features: FeatureArray,
     k: int,
     *,
-    device: Optional[torch.device | str] = None,
-    block_size: Optional[int] = None,
+    device: torch.device | str | None = None,
+    block_size: int | None = None,
     track_farthest: bool = False,
 ) -> NeighborLists:
     """Exact self-kNN by a blocked, symmetric matrix product (O(N·k + block²) memory).
@@ -417,8 +421,8 @@ def faiss_ivf_knn(
     features: FeatureArray,
     k: int,
     *,
-    nlist: Optional[int] = None,
-    nprobe: Optional[int] = None,
+    nlist: int | None = None,
+    nprobe: int | None = None,
     refine_passes: int = 2,
     seed: int = 0,
 ) -> NeighborLists:
@@ -462,7 +466,7 @@ def faiss_hnsw_knn(
     *,
     neighbors_per_node: int = 32,
     ef_construction: int = 80,
-    ef_search: Optional[int] = None,
+    ef_search: int | None = None,
     refine_passes: int = 2,
 ) -> NeighborLists:
     """Approximate self-kNN with a faiss HNSW graph (``ef_search`` defaults to max(2k, 64)), then

@@ -12,8 +12,19 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..clustering.inputs import FeatureArray, InvalidFeaturesError, InvalidParameterError, check_neighbor_count, l2_normalised
-from ..clustering.jaccard import half_width, jaccard_rows, k_reciprocal_encoding, query_expansion
+from ..clustering.inputs import (
+    FeatureArray,
+    InvalidFeaturesError,
+    InvalidParameterError,
+    check_neighbor_count,
+    l2_normalised,
+)
+from ..clustering.jaccard import (
+    half_width,
+    jaccard_rows,
+    k_reciprocal_encoding,
+    query_expansion,
+)
 from ..clustering.knn import exact_knn
 
 

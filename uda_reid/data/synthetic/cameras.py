@@ -18,18 +18,31 @@ from .domains import DomainStyle
 
 SCENE_WIDTH_IN_CROPS = 5  # a street scene is this many crops wide: backgrounds vary within a camera
 SCENE_HEIGHT_MARGIN = 0.25  # and this much taller than a crop
+SCENE_CONTRAST = 0.6  # scenes are seen through haze and distance: less contrast than the person
 
 # Directions of a camera's colour cast (R, G, B gain offsets): sodium-warm, shade-blue, fluorescent
 # green, magenta, yellow, slightly cold. Cameras of a domain take different ones.
 CAST_DIRECTIONS: tuple[tuple[float, float, float], ...] = (
-    (1.0, 0.15, -1.0), (-0.8, 0.0, 1.0), (-0.5, 1.0, -0.5), (0.7, -1.0, 0.7), (0.6, 0.5, -1.0), (-0.3, 0.1, 0.4),
+    (1.0, 0.15, -1.0),
+    (-0.8, 0.0, 1.0),
+    (-0.5, 1.0, -0.5),
+    (0.7, -1.0, 0.7),
+    (0.6, 0.5, -1.0),
+    (-0.3, 0.1, 0.4),
 )
 WALL_KINDS = ("brick", "windows", "shopfront", "trees", "panels")
 GROUND_KINDS = ("tiles", "asphalt", "paving")
 
 STUDIO_COLOURS: tuple[RGB, ...] = (
-    (214, 214, 210), (226, 216, 196), (196, 212, 228), (204, 222, 204), (218, 208, 226),
-    (236, 234, 226), (232, 226, 192), (190, 222, 220), (200, 200, 206),
+    (214, 214, 210),
+    (226, 216, 196),
+    (196, 212, 228),
+    (204, 222, 204),
+    (218, 208, 226),
+    (236, 234, 226),
+    (232, 226, 192),
+    (190, 222, 220),
+    (200, 200, 206),
 )
 
 
@@ -53,8 +66,9 @@ class CameraLook:
     scene: Image.Image | None
 
 
-def build_camera(rng: np.random.Generator, index: int, style: DomainStyle, render_size: tuple[int, int],
-                 variant: int = 0) -> CameraLook:
+def build_camera(
+    rng: np.random.Generator, index: int, style: DomainStyle, render_size: tuple[int, int], variant: int = 0
+) -> CameraLook:
     """Draw camera `index`'s fixed look from the domain style. `render_size` is (width, height).
 
     `variant` picks the cast direction and the scene's facade, so that the cameras of one domain
@@ -69,7 +83,9 @@ def build_camera(rng: np.random.Generator, index: int, style: DomainStyle, rende
     if style.background == "street":
         width, height = render_size
         scene = paint_street_scene(
-            rng, width * SCENE_WIDTH_IN_CROPS, int(round(height * (1.0 + SCENE_HEIGHT_MARGIN))),
+            rng,
+            width * SCENE_WIDTH_IN_CROPS,
+            round(height * (1.0 + SCENE_HEIGHT_MARGIN)),
             wall=WALL_KINDS[variant % len(WALL_KINDS)],
         )
     return CameraLook(
@@ -89,7 +105,8 @@ def build_camera(rng: np.random.Generator, index: int, style: DomainStyle, rende
 
 
 def _vary(rng: np.random.Generator, colour: RGB | tuple[float, ...], amount: float) -> RGB:
-    return tuple(int(v) for v in np.clip(np.asarray(colour) + rng.uniform(-amount, amount, 3), 0, 255))  # type: ignore[return-value]
+    varied = np.clip(np.asarray(colour) + rng.uniform(-amount, amount, 3), 0, 255)
+    return (int(varied[0]), int(varied[1]), int(varied[2]))
 
 
 def studio_background(rng: np.random.Generator, width: int, height: int) -> Image.Image:
@@ -105,7 +122,9 @@ def studio_background(rng: np.random.Generator, width: int, height: int) -> Imag
     return Image.fromarray(np.clip(image, 0, 255).astype(np.uint8), "RGB")
 
 
-def _paint_wall(draw: ImageDraw.ImageDraw, rng: np.random.Generator, width: int, horizon: int, kind: str) -> None:
+def _paint_wall(
+    draw: ImageDraw.ImageDraw, rng: np.random.Generator, width: int, horizon: int, kind: str
+) -> None:
     if kind == "brick":
         base = ((150, 72, 56), (172, 112, 82), (122, 62, 52), (182, 152, 122))[int(rng.integers(4))]
         draw.rectangle((0, 0, width, horizon), fill=_vary(rng, base, 10))
@@ -122,7 +141,11 @@ def _paint_wall(draw: ImageDraw.ImageDraw, rng: np.random.Generator, width: int,
                 glass = _vary(rng, (62, 80, 98), 18)
                 draw.rectangle((x, y, x + step_x - 12, y + step_y - 14), fill=(226, 226, 220))
                 draw.rectangle((x + 3, y + 3, x + step_x - 15, y + step_y - 17), fill=glass)
-                draw.line((x + 4, y + step_y - 18, x + step_x - 16, y + 5), fill=_vary(rng, (120, 140, 160), 15), width=2)
+                draw.line(
+                    (x + 4, y + step_y - 18, x + step_x - 16, y + 5),
+                    fill=_vary(rng, (120, 140, 160), 15),
+                    width=2,
+                )
     elif kind == "shopfront":
         draw.rectangle((0, 0, width, horizon), fill=_vary(rng, (70, 66, 62), 15))
         sign_h = int(horizon * 0.18)
@@ -130,10 +153,18 @@ def _paint_wall(draw: ImageDraw.ImageDraw, rng: np.random.Generator, width: int,
         while x < width:  # shop after shop: a sign band over a window full of goods
             shop_w = int(rng.integers(70, 140))
             draw.rectangle((x, 0, x + shop_w, sign_h), fill=_vary(rng, (120, 120, 120), 110))
-            draw.rectangle((x + 6, sign_h + 6, x + shop_w - 6, horizon - 4), fill=_vary(rng, (96, 110, 118), 20))
+            draw.rectangle(
+                (x + 6, sign_h + 6, x + shop_w - 6, horizon - 4), fill=_vary(rng, (96, 110, 118), 20)
+            )
             for _ in range(int(rng.integers(10, 22))):
-                gx, gy = x + rng.integers(8, max(9, shop_w - 14)), rng.integers(sign_h + 8, max(sign_h + 9, horizon - 12))
-                draw.rectangle((gx, gy, gx + rng.integers(4, 12), gy + rng.integers(4, 14)), fill=_vary(rng, (128, 128, 128), 120))
+                gx, gy = (
+                    x + rng.integers(8, max(9, shop_w - 14)),
+                    rng.integers(sign_h + 8, max(sign_h + 9, horizon - 12)),
+                )
+                draw.rectangle(
+                    (gx, gy, gx + rng.integers(4, 12), gy + rng.integers(4, 14)),
+                    fill=_vary(rng, (128, 128, 128), 120),
+                )
             x += shop_w
     elif kind == "trees":
         draw.rectangle((0, 0, width, horizon), fill=_vary(rng, (188, 196, 204), 15))
@@ -141,7 +172,9 @@ def _paint_wall(draw: ImageDraw.ImageDraw, rng: np.random.Generator, width: int,
             cx, cy, r = rng.integers(0, width), rng.integers(0, max(1, horizon)), rng.integers(6, 20)
             draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=_vary(rng, (66, 108, 56), 30))
         for x in rng.integers(0, width, size=int(rng.integers(2, 6))):
-            draw.rectangle((x, horizon * 0.4, x + rng.integers(5, 10), horizon), fill=_vary(rng, (80, 60, 44), 12))
+            draw.rectangle(
+                (x, horizon * 0.4, x + rng.integers(5, 10), horizon), fill=_vary(rng, (80, 60, 44), 12)
+            )
     else:  # corrugated metal panels with posters
         base = _vary(rng, ((118, 134, 146), (150, 150, 140), (110, 120, 100))[int(rng.integers(3))], 10)
         draw.rectangle((0, 0, width, horizon), fill=base)
@@ -149,10 +182,15 @@ def _paint_wall(draw: ImageDraw.ImageDraw, rng: np.random.Generator, width: int,
             draw.line((x, 0, x, horizon), fill=_vary(rng, np.asarray(base) * 0.8, 6), width=2)
         for _ in range(int(rng.integers(3, 7))):
             px, py = rng.integers(0, width), rng.integers(0, max(1, horizon // 2))
-            draw.rectangle((px, py, px + rng.integers(20, 40), py + rng.integers(28, 50)), fill=_vary(rng, (128, 128, 128), 120))
+            draw.rectangle(
+                (px, py, px + rng.integers(20, 40), py + rng.integers(28, 50)),
+                fill=_vary(rng, (128, 128, 128), 120),
+            )
 
 
-def _paint_ground(draw: ImageDraw.ImageDraw, rng: np.random.Generator, width: int, height: int, horizon: int) -> None:
+def _paint_ground(
+    draw: ImageDraw.ImageDraw, rng: np.random.Generator, width: int, height: int, horizon: int
+) -> None:
     kind = GROUND_KINDS[int(rng.integers(len(GROUND_KINDS)))]
     if kind == "tiles":
         base = _vary(rng, (156, 152, 144), 20)
@@ -174,12 +212,17 @@ def _paint_ground(draw: ImageDraw.ImageDraw, rng: np.random.Generator, width: in
                 draw.rectangle((x, y, x + 12, y + 5), fill=_vary(rng, base, 18))
 
 
-def _paint_props(draw: ImageDraw.ImageDraw, rng: np.random.Generator, width: int, height: int, horizon: int) -> None:
+def _paint_props(
+    draw: ImageDraw.ImageDraw, rng: np.random.Generator, width: int, height: int, horizon: int
+) -> None:
     for _ in range(int(rng.integers(4, 9))):
         x = int(rng.integers(0, width))
         kind = int(rng.integers(4))
         if kind == 0:  # lamp post / sign pole
-            draw.rectangle((x, int(height * 0.05), x + int(rng.integers(3, 7)), horizon + 10), fill=_vary(rng, (70, 74, 78), 20))
+            draw.rectangle(
+                (x, int(height * 0.05), x + int(rng.integers(3, 7)), horizon + 10),
+                fill=_vary(rng, (70, 74, 78), 20),
+            )
         elif kind == 1:  # bin or planter
             w, h = int(rng.integers(16, 30)), int(rng.integers(18, 34))
             draw.rectangle((x, horizon + 6 - h, x + w, horizon + 6), fill=_vary(rng, (90, 100, 90), 60))
@@ -198,7 +241,9 @@ def _paint_props(draw: ImageDraw.ImageDraw, rng: np.random.Generator, width: int
             draw.rectangle((x, top + int(h * 0.6), x + h // 6, top + h), fill=_vary(rng, (50, 50, 60), 30))
 
 
-def paint_street_scene(rng: np.random.Generator, width: int, height: int, wall: str = "windows") -> Image.Image:
+def paint_street_scene(
+    rng: np.random.Generator, width: int, height: int, wall: str = "windows"
+) -> Image.Image:
     """A textured street scene (facade `wall` in WALL_KINDS, pavement, props, grain) crops are taken from."""
     image = Image.new("RGB", (width, height))
     draw = ImageDraw.Draw(image)
@@ -207,14 +252,15 @@ def paint_street_scene(rng: np.random.Generator, width: int, height: int, wall: 
     _paint_ground(draw, rng, width, height, horizon)
     _paint_props(draw, rng, width, height, horizon)
     pixels = np.asarray(image.filter(ImageFilter.GaussianBlur(0.6)), dtype=np.float32)
-    grain = rng.normal(0.0, 9.0, size=pixels.shape[:2])[..., None]
+    pixels = pixels.mean(axis=(0, 1)) + SCENE_CONTRAST * (pixels - pixels.mean(axis=(0, 1)))
+    grain = rng.normal(0.0, 6.0, size=pixels.shape[:2])[..., None]
     return Image.fromarray(np.clip(pixels + grain, 0, 255).astype(np.uint8), "RGB")
 
 
 def crop_scene(scene: Image.Image, offset: tuple[float, float], width: int, height: int) -> Image.Image:
     """The `width x height` window of `scene` at `offset` (fractions of the free range)."""
-    left = int(round(offset[0] * (scene.width - width)))
-    top = int(round(offset[1] * (scene.height - height)))
+    left = round(offset[0] * (scene.width - width))
+    top = round(offset[1] * (scene.height - height))
     return scene.crop((left, top, left + width, top + height))
 
 
@@ -228,7 +274,9 @@ def apply_camera_look(
     width, height = image.size
     if camera.resolution < 0.999:
         small = (max(8, round(width * camera.resolution)), max(8, round(height * camera.resolution)))
-        image = image.resize(small, Image.Resampling.BILINEAR).resize((width, height), Image.Resampling.BILINEAR)
+        image = image.resize(small, Image.Resampling.BILINEAR).resize(
+            (width, height), Image.Resampling.BILINEAR
+        )
     if camera.blur > 0.01:
         image = image.filter(ImageFilter.GaussianBlur(camera.blur))
     pixels = np.asarray(image, dtype=np.float32)

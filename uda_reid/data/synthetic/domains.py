@@ -87,20 +87,20 @@ SYNTHX_STYLE = DomainStyle(
 
 SYNTHM_STYLE = DomainStyle(
     background="street",
-    camera_colour_cast=0.2,
-    camera_brightness=(0.65, 1.15),
-    camera_saturation=(0.55, 0.9),
-    camera_contrast=(0.7, 0.95),
-    camera_blur=(0.35, 0.9),
-    camera_resolution=(0.45, 0.75),
+    camera_colour_cast=0.12,
+    camera_brightness=(0.7, 1.15),
+    camera_saturation=(0.65, 0.95),
+    camera_contrast=(0.75, 0.95),
+    camera_blur=(0.3, 0.7),
+    camera_resolution=(0.5, 0.8),
     brightness_jitter=0.1,
-    light_gradient=0.25,
-    sensor_noise=4.0,
-    jpeg_quality=(35, 65),
-    occluder_probability=0.3,
-    box_jitter=0.06,
-    person_height=(0.8, 0.97),
-    rotation_degrees=4.0,
+    light_gradient=0.2,
+    sensor_noise=3.0,
+    jpeg_quality=(40, 70),
+    occluder_probability=0.25,
+    box_jitter=0.05,
+    person_height=(0.82, 0.97),
+    rotation_degrees=3.5,
 )
 
 DOMAINS: dict[str, DomainSpec] = {
@@ -169,8 +169,11 @@ def validate_spec(spec: DomainSpec) -> None:
     if spec.num_test_ids < 1:
         fail("num_test_ids", ">= 1", spec.num_test_ids)
     if spec.num_train_ids + spec.num_test_ids > MAX_PERSON_ID:
-        fail("num_train_ids + num_test_ids", f"<= {MAX_PERSON_ID} (4-digit person ids)",
-             spec.num_train_ids + spec.num_test_ids)
+        fail(
+            "num_train_ids + num_test_ids",
+            f"<= {MAX_PERSON_ID} (4-digit person ids)",
+            spec.num_train_ids + spec.num_test_ids,
+        )
     if not 2 <= spec.num_cameras <= MAX_CAMERAS:
         fail("num_cameras", f"between 2 and {MAX_CAMERAS}", spec.num_cameras)
     low_high = spec.images_per_id
@@ -187,5 +190,8 @@ def validate_spec(spec: DomainSpec) -> None:
     if spec.query_cameras_per_id < 1:
         fail("query_cameras_per_id", ">= 1", spec.query_cameras_per_id)
     if spec.distractors_per_test_id < 0 or spec.junk_per_test_id < 0:
-        fail("distractors_per_test_id / junk_per_test_id", ">= 0",
-             (spec.distractors_per_test_id, spec.junk_per_test_id))
+        fail(
+            "distractors_per_test_id / junk_per_test_id",
+            ">= 0",
+            (spec.distractors_per_test_id, spec.junk_per_test_id),
+        )

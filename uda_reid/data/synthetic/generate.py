@@ -76,8 +76,12 @@ def build_cameras(spec: DomainSpec) -> list[CameraLook]:
     """The domain's cameras c1..cN with their fixed looks (and street scenes)."""
     render_size = (spec.width * SUPERSAMPLE, spec.height * SUPERSAMPLE)
     variants = _rng(spec, _ROLE_CAMERA, 0).permutation(spec.num_cameras)  # distinct casts and facades
-    return [build_camera(_rng(spec, _ROLE_CAMERA, index), index, spec.style, render_size, int(variants[index - 1]))
-            for index in range(1, spec.num_cameras + 1)]
+    return [
+        build_camera(
+            _rng(spec, _ROLE_CAMERA, index), index, spec.style, render_size, int(variants[index - 1])
+        )
+        for index in range(1, spec.num_cameras + 1)
+    ]
 
 
 def identity_of(spec: DomainSpec, person_id: int) -> Identity:
@@ -94,8 +98,10 @@ class _FrameClock:
     def advance(self, camera: int, step: int) -> int:
         self.frames[camera] += step
         if self.frames[camera] > MAX_FRAME:
-            raise ConfigError(f"too many images for camera c{camera}: frame numbers exceed {MAX_FRAME} "
-                              f"(6 digits); reduce num_train_ids/num_test_ids or images_per_id")
+            raise ConfigError(
+                f"too many images for camera c{camera}: frame numbers exceed {MAX_FRAME} "
+                f"(6 digits); reduce num_train_ids/num_test_ids or images_per_id"
+            )
         return self.frames[camera]
 
 
@@ -119,7 +125,8 @@ def plan_domain(spec: DomainSpec, cameras: list[CameraLook]) -> list[PlannedImag
         is_test = person_id > spec.num_train_ids
         query_cams = (
             {int(c) for c in rng.choice(cams, size=min(spec.query_cameras_per_id, num_cams), replace=False)}
-            if is_test else set()
+            if is_test
+            else set()
         )
         image_index = 0
         for cam, count in zip(cams, per_camera):
@@ -133,56 +140,115 @@ def plan_domain(spec: DomainSpec, cameras: list[CameraLook]) -> list[PlannedImag
                     viewpoint = VIEWPOINTS[int(rng.integers(len(VIEWPOINTS)))]
                 step = int(rng.integers(2, 10))
                 phase += 0.45 * step
-                split = TRAIN_SPLIT if not is_test else QUERY_SPLIT if position == query_position else GALLERY_SPLIT
-                plan.append(PlannedImage(split, person_id, cam, clock.advance(cam, step), 0, viewpoint,
-                                         phase % (2 * math.pi), (_ROLE_IMAGE, person_id, image_index)))
+                split = (
+                    TRAIN_SPLIT
+                    if not is_test
+                    else QUERY_SPLIT
+                    if position == query_position
+                    else GALLERY_SPLIT
+                )
+                plan.append(
+                    PlannedImage(
+                        split,
+                        person_id,
+                        cam,
+                        clock.advance(cam, step),
+                        0,
+                        viewpoint,
+                        phase % (2 * math.pi),
+                        (_ROLE_IMAGE, person_id, image_index),
+                    )
+                )
                 image_index += 1
-    for role, pid, per_test_id in ((_ROLE_DISTRACTOR, DISTRACTOR_PID, spec.distractors_per_test_id),
-                                   (_ROLE_JUNK, JUNK_PID, spec.junk_per_test_id)):
-        for k in range(int(round(per_test_id * spec.num_test_ids))):
+    for role, pid, per_test_id in (
+        (_ROLE_DISTRACTOR, DISTRACTOR_PID, spec.distractors_per_test_id),
+        (_ROLE_JUNK, JUNK_PID, spec.junk_per_test_id),
+    ):
+        for k in range(round(per_test_id * spec.num_test_ids)):
             rng = _rng(spec, role, k, 0)
             cam = int(rng.integers(1, spec.num_cameras + 1))
             frame = clock.advance(cam, int(rng.integers(3, 60)))
-            plan.append(PlannedImage(GALLERY_SPLIT, pid, cam, frame, int(rng.integers(1, 4)),
-                                     VIEWPOINTS[int(rng.integers(len(VIEWPOINTS)))],
-                                     float(rng.uniform(0.0, 2 * math.pi)), (role, k, 1)))
+            plan.append(
+                PlannedImage(
+                    GALLERY_SPLIT,
+                    pid,
+                    cam,
+                    frame,
+                    int(rng.integers(1, 4)),
+                    VIEWPOINTS[int(rng.integers(len(VIEWPOINTS)))],
+                    float(rng.uniform(0.0, 2 * math.pi)),
+                    (role, k, 1),
+                )
+            )
     return plan
 
 
 def _view(spec: DomainSpec, item: PlannedImage, rng: np.random.Generator) -> View:
     style = spec.style
-    return sample_view(rng, viewpoint=item.viewpoint, walk_phase=item.walk_phase, person_height=style.person_height,
-                       box_jitter=style.box_jitter, rotation_degrees=style.rotation_degrees,
-                       brightness_jitter=style.brightness_jitter, light_gradient=style.light_gradient,
-                       occluder_probability=style.occluder_probability)
+    return sample_view(
+        rng,
+        viewpoint=item.viewpoint,
+        walk_phase=item.walk_phase,
+        person_height=style.person_height,
+        box_jitter=style.box_jitter,
+        rotation_degrees=style.rotation_degrees,
+        brightness_jitter=style.brightness_jitter,
+        light_gradient=style.light_gradient,
+        occluder_probability=style.occluder_probability,
+    )
 
 
-def render_planned(spec: DomainSpec, item: PlannedImage, cameras: list[CameraLook],
-                   identities: dict[int, Identity]) -> tuple[Any, int]:
+def render_planned(
+    spec: DomainSpec, item: PlannedImage, cameras: list[CameraLook], identities: dict[int, Identity]
+) -> tuple[Any, int]:
     """The image of one planned file and its JPEG quality."""
     rng = _rng(spec, *item.entropy)
     camera, size = cameras[item.camera - 1], (spec.width, spec.height)
     view = _view(spec, item, rng)
     if item.person_id > 0:
-        image = render_person(identities[item.person_id], view, camera=camera, style=spec.style, rng=rng, size=size)
+        image = render_person(
+            identities[item.person_id], view, camera=camera, style=spec.style, rng=rng, size=size
+        )
     else:
         stranger = sample_identity(rng, item.person_id)
-        if item.person_id == DISTRACTOR_PID:  # a false detection: objects, at most a large fragment of someone
+        if (
+            item.person_id == DISTRACTOR_PID
+        ):  # a false detection: objects, at most a large fragment of someone
             with_fragment = rng.random() < 0.5
             view = dataclasses.replace(
-                view, person_height=float(rng.uniform(1.6, 2.4)), center_x=float(rng.uniform(0.0, 1.0)),
-                foot_y=float(rng.uniform(1.0, 2.0)), occluder=sample_occluder(rng))
-            image = render_non_person("distractor", view, camera=camera, style=spec.style, rng=rng, size=size,
-                                      stranger=stranger if with_fragment else None)
+                view,
+                person_height=float(rng.uniform(1.6, 2.4)),
+                center_x=float(rng.uniform(0.0, 1.0)),
+                foot_y=float(rng.uniform(1.0, 2.0)),
+                occluder=sample_occluder(rng),
+            )
+            image = render_non_person(
+                "distractor",
+                view,
+                camera=camera,
+                style=spec.style,
+                rng=rng,
+                size=size,
+                stranger=stranger if with_fragment else None,
+            )
         else:  # junk: someone far away in a loose box, or a box cut off at the chest
             if rng.random() < 0.5:
-                view = dataclasses.replace(view, person_height=float(rng.uniform(0.3, 0.45)),
-                                           center_x=float(rng.uniform(0.25, 0.75)), foot_y=float(rng.uniform(0.55, 0.95)))
+                view = dataclasses.replace(
+                    view,
+                    person_height=float(rng.uniform(0.3, 0.45)),
+                    center_x=float(rng.uniform(0.25, 0.75)),
+                    foot_y=float(rng.uniform(0.55, 0.95)),
+                )
             else:
-                view = dataclasses.replace(view, person_height=float(rng.uniform(0.95, 1.2)),
-                                           center_x=float(rng.uniform(0.1, 0.9)), foot_y=float(rng.uniform(1.35, 1.7)))
-            image = render_non_person("junk", view, camera=camera, style=spec.style, rng=rng, size=size,
-                                      stranger=stranger)
+                view = dataclasses.replace(
+                    view,
+                    person_height=float(rng.uniform(0.95, 1.2)),
+                    center_x=float(rng.uniform(0.1, 0.9)),
+                    foot_y=float(rng.uniform(1.35, 1.7)),
+                )
+            image = render_non_person(
+                "junk", view, camera=camera, style=spec.style, rng=rng, size=size, stranger=stranger
+            )
     quality = int(rng.integers(spec.style.jpeg_quality[0], spec.style.jpeg_quality[1] + 1))
     return image, quality
 
@@ -254,8 +320,9 @@ def generate_domain(
 
     An existing folder is an error unless `overwrite` (use :func:`ensure_domain` to reuse one).
     """
-    spec = resolve_spec(domain, num_train_ids=num_train_ids, num_test_ids=num_test_ids,
-                        images_per_id=images_per_id, seed=seed)
+    spec = resolve_spec(
+        domain, num_train_ids=num_train_ids, num_test_ids=num_test_ids, images_per_id=images_per_id, seed=seed
+    )
     data_root = Path(data_root).expanduser()
     target = data_root / spec.folder
     if target.exists() and not overwrite:
@@ -268,7 +335,9 @@ def generate_domain(
     try:
         cameras = build_cameras(spec)
         plan = plan_domain(spec, cameras)
-        identities = {pid: identity_of(spec, pid) for pid in range(1, spec.num_train_ids + spec.num_test_ids + 1)}
+        identities = {
+            pid: identity_of(spec, pid) for pid in range(1, spec.num_train_ids + spec.num_test_ids + 1)
+        }
         for split in (TRAIN_SPLIT, QUERY_SPLIT, GALLERY_SPLIT):
             (staging / split).mkdir()
         for item in tqdm(plan, desc=f"generating {spec.name}", unit="img", disable=not progress):
@@ -290,11 +359,15 @@ def read_manifest(folder: Path | str) -> dict[str, Any] | None:
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise DatasetLayoutError(f"{path} is not a readable JSON manifest ({error}); delete {path.parent} "
-                                 f"to regenerate the synthetic domain") from None
+        raise DatasetLayoutError(
+            f"{path} is not a readable JSON manifest ({error}); delete {path.parent} "
+            f"to regenerate the synthetic domain"
+        ) from None
     if not isinstance(manifest, dict) or "parameters" not in manifest:
-        raise DatasetLayoutError(f"{path} has no 'parameters' entry; expected a uda_reid synthetic-domain "
-                                 f"manifest. Delete {path.parent} to regenerate it")
+        raise DatasetLayoutError(
+            f"{path} has no 'parameters' entry; expected a uda_reid synthetic-domain "
+            f"manifest. Delete {path.parent} to regenerate it"
+        )
     return manifest
 
 
@@ -311,8 +384,10 @@ def ensure_domain(data_root: Path | str, domain: str | DomainSpec, **overrides: 
     """
     unknown = sorted(set(overrides) - set(_ENSURE_OPTIONS))
     if unknown:
-        raise ConfigError(f"unknown option(s) {', '.join(unknown)} for synthetic domain {domain!r}; "
-                          f"known: {', '.join(_ENSURE_OPTIONS)}")
+        raise ConfigError(
+            f"unknown option(s) {', '.join(unknown)} for synthetic domain {domain!r}; "
+            f"known: {', '.join(_ENSURE_OPTIONS)}"
+        )
     progress = bool(overrides.pop("progress", True))
     spec = resolve_spec(domain, **overrides)
     target = Path(data_root).expanduser() / spec.folder
@@ -320,9 +395,13 @@ def ensure_domain(data_root: Path | str, domain: str | DomainSpec, **overrides: 
         manifest = read_manifest(target)
         if manifest is None:
             raise DatasetLayoutError(
-                f"{target} exists but has no {MANIFEST_NAME}, so it was not written by the synthetic generator; "
+                f"{target} exists but has no {MANIFEST_NAME}, so it was not written by the synthetic "
+                f"generator; "
                 f"move it away or choose another --data-root (it is never deleted automatically)"
             )
-        if manifest.get("generator_version") == GENERATOR_VERSION and manifest["parameters"] == spec.to_json():
+        if (
+            manifest.get("generator_version") == GENERATOR_VERSION
+            and manifest["parameters"] == spec.to_json()
+        ):
             return target
     return generate_domain(data_root, spec, overwrite=True, progress=progress)

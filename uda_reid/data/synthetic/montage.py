@@ -28,8 +28,15 @@ def _image_folder(folder: Path, split: str) -> Path:
     raise DatasetLayoutError(f"{folder} has neither a {split}/ folder nor .jpg files to put in a montage")
 
 
-def save_montage(folder: Path | str, out_png: Path | str, n: int = 8, *, images_per_row: int = 10,
-                 split: str = "bounding_box_train", zoom: int = 1) -> Path:
+def save_montage(
+    folder: Path | str,
+    out_png: Path | str,
+    n: int = 8,
+    *,
+    images_per_row: int = 10,
+    split: str = "bounding_box_train",
+    zoom: int = 1,
+) -> Path:
     """Save a PNG grid of `n` identities (rows, spread over the id range) x `images_per_row` images.
 
     `folder` is a domain folder (its `split` is used) or a folder of Market-named .jpg files.
@@ -56,9 +63,15 @@ def save_montage(folder: Path | str, out_png: Path | str, n: int = 8, *, images_
     with Image.open(rows[0][0]) as first:
         cell_w, cell_h = first.width * zoom, first.height * zoom
     label_h = 14
-    sheet = Image.new("RGB", (images_per_row * (cell_w + _GAP) + _GAP, label_h + len(rows) * (cell_h + _GAP) + _GAP),
-                      (255, 255, 255))
-    ImageDraw.Draw(sheet).text((_GAP, 1), f"{folder.name}/{source.name}: one identity per row", fill=(0, 0, 0))
+    columns = max(len(row) for row in rows)
+    sheet = Image.new(
+        "RGB",
+        (columns * (cell_w + _GAP) + _GAP, label_h + len(rows) * (cell_h + _GAP) + _GAP),
+        (255, 255, 255),
+    )
+    ImageDraw.Draw(sheet).text(
+        (_GAP, 1), f"{folder.name}/{source.name}: one identity per row", fill=(0, 0, 0)
+    )
     for r, row in enumerate(rows):
         for c, path in enumerate(row):
             with Image.open(path) as image:
