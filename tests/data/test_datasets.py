@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from layout_factory import write_images, write_market_style, write_msmt_lists
 
-from uda_reid.data.datasets import DATASETS, ReidDataset, Sample, format_stats, load_dataset, resolve_data_root
+from uda_reid.data.datasets import DATASETS, canonical_name, ReidDataset, Sample, format_stats, load_dataset, resolve_data_root
 from uda_reid.errors import ConfigError, DatasetLayoutError, UnknownNameError
 
 # ---- file names in each real naming rule, with what each must become: (name, pid, camid) --------
@@ -281,8 +281,14 @@ def test_registry_holds_every_documented_dataset() -> None:
 
 def test_unknown_dataset_lists_the_known_ones() -> None:
     with pytest.raises(UnknownNameError, match="--dataset") as error:
-        load_dataset("market", "/nonexistent")
-    assert "market1501" in str(error.value) and "msmt17" in str(error.value) and "'market'" in str(error.value)
+        load_dataset("market15", "/nonexistent")
+    assert "market1501" in str(error.value) and "msmt17" in str(error.value) and "'market15'" in str(error.value)
+
+
+def test_short_aliases_name_the_registered_datasets(data_root: Path) -> None:
+    write_market(data_root)
+    assert load_dataset("market", data_root).name == "market1501"
+    assert canonical_name("Duke") == "dukemtmc" and canonical_name("msmt") == "msmt17"
 
 
 def test_stats_and_table_count_images_ids_and_cameras(data_root: Path) -> None:
