@@ -133,3 +133,25 @@ def test_adapt_and_usl_commands_run_and_save_the_resolved_config(tmp_path, comma
 def test_adapt_unknown_method_lists_known_ones(tmp_path):
     result = CliRunner().invoke(cli, ["adapt", "--source", "market", "--target", "duke", "--method", "mmt", "--out", str(tmp_path / "r")])
     assert result.exit_code == 1 and "unknown method 'mmt' for --method; known: spcl" in result.output
+
+
+def test_evaluate_rerank_uses_k_reciprocal_re_ranking(tmp_path, market_root, monkeypatch):
+    from tiny_reid_data import write_two_domains
+    from uda_reid.evaluation import rerank as rerank_module
+    from uda_reid.evaluation.rerank import re_rank
+
+    calls = []
+    monkeypatch.setattr(rerank_module, "re_rank", lambda q, g: calls.append(len(q)) or re_rank(q, g))
+
+    data_root = write_two_domains(tmp_path / "two_domains")
+    config, model = _run_checkpoint(tmp_path)
+    expected = evaluate_model(model, load_dataset("dukemtmc", data_root), config.data, progress=False, rerank=re_rank)
+    args = ["evaluate", "--dataset", "dukemtmc", "--weights", str(tmp_path / "best.pt"), "--json", "--quiet", "--device", "cpu"]
+    result = CliRunner().invoke(cli, args + ["--rerank", "--data-root", str(data_root)])
+    assert result.exit_code == 0, result.output
+    figures = json.loads(result.output.strip().splitlines()[-1])
+    assert figures["rerank"] is True and figures["mAP"] == pytest.approx(expected["mAP"])
+    assert calls[-1] == 8  # the CLI re-ranked the 8 queries
+    # Too few images for k1 = 20 is one clear line, not a traceback.
+    small = CliRunner().invoke(cli, [*args[:1], "--dataset", "market1501", *args[3:], "--rerank", "--data-root", str(market_root)])
+    assert small.exit_code == 1 and "Error: k1+1" in small.output, small.output
