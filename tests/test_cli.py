@@ -155,3 +155,15 @@ def test_evaluate_rerank_uses_k_reciprocal_re_ranking(tmp_path, market_root, mon
     # Too few images for k1 = 20 is one clear line, not a traceback.
     small = CliRunner().invoke(cli, [*args[:1], "--dataset", "market1501", *args[3:], "--rerank", "--data-root", str(market_root)])
     assert small.exit_code == 1 and "Error: k1+1" in small.output, small.output
+
+
+def test_synth_sizes_are_kept_by_later_runs_and_rerunning_is_safe(tmp_path):
+    root = tmp_path / "data"
+    args = ["synth", "--domain", "synthx", "--data-root", str(root), "--num-train-ids", "3", "--num-test-ids", "2", "--quiet"]
+    first = CliRunner().invoke(cli, args + ["--montage", str(tmp_path / "m.png")])
+    assert first.exit_code == 0, first.output
+    assert (tmp_path / "m_synthx.png").read_bytes()[:4] == b"\x89PNG"
+    again = CliRunner().invoke(cli, args)
+    assert again.exit_code == 0, again.output
+    # A run that names the domain without sizes uses the generated folder as it is.
+    assert load_dataset("synthx", root).num_train_ids == 3

@@ -241,22 +241,28 @@ def evaluate(dataset, weights, arch, recipe, data_root, device, rerank, as_json,
 @click.option("--num-train-ids", type=int, default=None, help="Identities in the train split (default: the domain's).")
 @click.option("--num-test-ids", type=int, default=None, help="Identities in query/gallery (default: the domain's).")
 @click.option("--seed", type=int, default=None)
-@click.option("--overwrite", is_flag=True, help="Regenerate even if the folder exists.")
+@click.option("--overwrite", is_flag=True, help="Regenerate even if a folder with these parameters exists.")
 @click.option("--montage", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Also save a grid of sample images (PNG; one per domain, suffixed).")
-def synth(domain, data_root, num_train_ids, num_test_ids, seed, overwrite, montage):
-    """Generate the built-in synthetic domains (Market-1501 layout) under the data root."""
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def synth(domain, data_root, num_train_ids, num_test_ids, seed, overwrite, montage, quiet):
+    """Generate the built-in synthetic domains (Market-1501 layout) under the data root.
+
+    Later runs use whatever size was generated here (e.g. --num-train-ids 50 for a quicker demo).
+    """
     from .data.datasets import resolve_data_root
-    from .data.synthetic import generate_domain, save_montage
+    from .data.synthetic import ensure_domain, generate_domain, save_montage
 
     root = resolve_data_root(data_root)
+    sizes = {"num_train_ids": num_train_ids, "num_test_ids": num_test_ids, "seed": seed}
     for name in (["synthx", "synthm"] if domain == "all" else [domain]):
-        folder = generate_domain(
-            root, name, num_train_ids=num_train_ids, num_test_ids=num_test_ids, seed=seed, overwrite=overwrite
-        )
+        if overwrite:
+            folder = generate_domain(root, name, overwrite=True, progress=not quiet, **sizes)
+        else:
+            folder = ensure_domain(root, name, progress=not quiet, **sizes)
         click.echo(f"{name}: {folder}")
         if montage is not None:
             target = montage.with_name(f"{montage.stem}_{name}{montage.suffix or '.png'}")
-            save_montage(folder, target)
+            save_montage(folder, target, n=10, images_per_row=12)
             click.echo(f"{name}: montage {target}")
 
 

@@ -272,7 +272,8 @@ def _camera_colour_spread(images: list[tuple[int, int, np.ndarray]]) -> float:
 
 
 def _border_high_frequency(images: list[tuple[int, int, np.ndarray]]) -> float:
-    """Mean |Laplacian| of the 8 leftmost and rightmost columns (background, beside the person)."""
+    """Mean over images of the median |Laplacian| of the 8 leftmost and rightmost columns: the
+    background beside the person (the median ignores the edges of limbs and occluders)."""
     energies = []
     for _, _, img in images:
         grey = img.mean(axis=2)
@@ -284,7 +285,7 @@ def _border_high_frequency(images: list[tuple[int, int, np.ndarray]]) -> float:
             - border[1:-1, :-2]
             - border[1:-1, 2:]
         )
-        energies.append(np.abs(laplacian).mean())
+        energies.append(np.median(np.abs(laplacian)))
     return float(np.mean(energies))
 
 
@@ -292,8 +293,8 @@ def test_synthm_cameras_differ_in_colour_and_its_backgrounds_are_cluttered(
     small_domains: dict[str, Path],
 ) -> None:
     clean, street = _person_images(small_domains["synthx"]), _person_images(small_domains["synthm"])
-    assert _camera_colour_spread(street) > 2.5 * _camera_colour_spread(clean)
-    assert _border_high_frequency(street) > 2.0 * _border_high_frequency(clean)
+    assert _camera_colour_spread(street) > 2.0 * _camera_colour_spread(clean)
+    assert _border_high_frequency(street) > 3.0 * _border_high_frequency(clean)
 
 
 @pytest.mark.parametrize("domain", ["synthx", "synthm"])

@@ -18,7 +18,7 @@ from .domains import DomainStyle
 
 SCENE_WIDTH_IN_CROPS = 5  # a street scene is this many crops wide: backgrounds vary within a camera
 SCENE_HEIGHT_MARGIN = 0.25  # and this much taller than a crop
-SCENE_CONTRAST = 0.6  # scenes are seen through haze and distance: less contrast than the person
+SCENE_CONTRAST = 0.35  # scenes are seen through haze and distance: less contrast than the person
 
 # Directions of a camera's colour cast (R, G, B gain offsets): sodium-warm, shade-blue, fluorescent
 # green, magenta, yellow, slightly cold. Cameras of a domain take different ones.

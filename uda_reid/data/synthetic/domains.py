@@ -87,7 +87,7 @@ SYNTHX_STYLE = DomainStyle(
 
 SYNTHM_STYLE = DomainStyle(
     background="street",
-    camera_colour_cast=0.12,
+    camera_colour_cast=0.08,
     camera_brightness=(0.7, 1.15),
     camera_saturation=(0.65, 0.95),
     camera_contrast=(0.75, 0.95),

@@ -33,7 +33,7 @@ from .cameras import CameraLook, build_camera
 from .domains import DomainSpec, resolve_spec
 from .render import SUPERSAMPLE, render_non_person, render_person
 
-GENERATOR_VERSION = 1  # bump whenever the same spec would produce different images
+GENERATOR_VERSION = 2  # bump whenever the same spec would produce different images
 MANIFEST_NAME = "manifest.json"
 TRAIN_SPLIT, QUERY_SPLIT, GALLERY_SPLIT = "bounding_box_train", "query", "bounding_box_test"
 DISTRACTOR_PID, JUNK_PID = 0, -1
@@ -378,7 +378,9 @@ def ensure_domain(data_root: Path | str, domain: str | DomainSpec, **overrides: 
     """The folder of `domain` under `data_root`, generated on first use.
 
     Reused when its manifest records the same parameters and generator version; regenerated
-    (atomically) when they differ. A folder without a manifest was not made by this generator
+    (atomically) when they differ. Without size/seed overrides, any complete generation of this
+    domain by this generator version is reused, so the size chosen with ``udareid synth
+    --num-train-ids N`` is what later runs see. A folder without a manifest was not made by this generator
     and is never deleted: that is an error. Overrides: num_train_ids, num_test_ids,
     images_per_id, seed, progress.
     """
@@ -389,6 +391,7 @@ def ensure_domain(data_root: Path | str, domain: str | DomainSpec, **overrides: 
             f"known: {', '.join(_ENSURE_OPTIONS)}"
         )
     progress = bool(overrides.pop("progress", True))
+    explicit = {key: value for key, value in overrides.items() if value is not None}
     spec = resolve_spec(domain, **overrides)
     target = Path(data_root).expanduser() / spec.folder
     if target.exists():
@@ -399,9 +402,9 @@ def ensure_domain(data_root: Path | str, domain: str | DomainSpec, **overrides: 
                 f"generator; "
                 f"move it away or choose another --data-root (it is never deleted automatically)"
             )
-        if (
-            manifest.get("generator_version") == GENERATOR_VERSION
-            and manifest["parameters"] == spec.to_json()
-        ):
-            return target
+        if manifest.get("generator_version") == GENERATOR_VERSION:
+            if manifest["parameters"] == spec.to_json():
+                return target
+            if not explicit and manifest["parameters"].get("name") == spec.name:
+                return target
     return generate_domain(data_root, spec, overwrite=True, progress=progress)
