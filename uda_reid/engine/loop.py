@@ -131,6 +131,8 @@ class AdaptationLoop:
         model, report = build_model(self._initial_model_config(), num_classes=0)
         if report is not None:
             self.log.info(f"initial weights: {report}")
+        else:
+            self.log.info("initial weights: random (no model.init); the paper recipes expect --init imagenet:PATH")
         model = self.method.prepare_model(model)
         if config.adapt.bn_groups > 1:
             model = convert_to_grouped_bn(model, config.adapt.bn_groups)
