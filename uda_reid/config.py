@@ -8,6 +8,8 @@ The resolved configuration is saved in every run folder.
 
 from __future__ import annotations
 
+import contextlib
+
 import dataclasses
 import os
 import types
@@ -253,10 +255,8 @@ def apply_overrides(config: RunConfig, overrides: Mapping[str, Any], where: str 
     """Apply dotted overrides such as ``{"optim.lr": 1e-4}`` (values may be YAML strings)."""
     for dotted, value in overrides.items():
         if isinstance(value, str):
-            try:
+            with contextlib.suppress(yaml.YAMLError):  # not YAML: keep the plain string
                 value = yaml.safe_load(value)
-            except yaml.YAMLError:
-                pass
         nested: Any = value
         for part in reversed(dotted.split(".")):
             nested = {part: nested}

@@ -15,6 +15,8 @@ L2-normalised) or loaded from a ``.npy``. Optional comparisons, all in the same 
 
 from __future__ import annotations
 
+import contextlib
+
 import importlib.util
 import json
 import os
@@ -91,13 +93,11 @@ def _reset_peak_rss() -> bool:
 
 
 def _peak_rss_gib() -> float:
-    try:
+    with contextlib.suppress(OSError):  # no /proc: fall back to getrusage
         with open("/proc/self/status") as status:
             for line in status:
                 if line.startswith("VmHWM:"):
                     return int(line.split()[1]) * 1024 / GIB
-    except OSError:
-        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GIB
 
 
@@ -155,12 +155,10 @@ def compare_products(dim: int, block: int = 2048, repeats: int = 3) -> dict[str,
         "numpy_matmul_gflops": best(lambda: np.matmul(a, b.T, out=out_np)),
         "torch_mm_gflops": best(lambda: torch.mm(ta, tb.T, out=out_t)),
     }
-    try:
+    with contextlib.suppress(ImportError):  # faiss is optional for this comparison
         import faiss
 
         result["faiss_knn_gflops"] = best(lambda: faiss.knn(a, b, 30, metric=faiss.METRIC_INNER_PRODUCT))
-    except ImportError:
-        pass
     return result
 
 

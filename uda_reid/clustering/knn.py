@@ -24,6 +24,8 @@ rank k survives is faiss's choice.
 
 from __future__ import annotations
 
+import contextlib
+
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -70,13 +72,11 @@ def default_device() -> torch.device:
 
 
 def _available_memory_bytes() -> int:
-    try:
+    with contextlib.suppress(OSError):  # no /proc: assume 4 GiB
         with open("/proc/meminfo") as meminfo:
             for line in meminfo:
                 if line.startswith("MemAvailable:"):
                     return int(line.split()[1]) * 1024
-    except OSError:
-        pass
     return 4 << 30
 
 
