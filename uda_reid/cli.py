@@ -57,6 +57,17 @@ def _resolve_config(recipe: str, overrides: dict[str, Any], set_options: tuple[s
     return apply_overrides(config, parse_set_options(set_options), "--set")
 
 
+def _shared_overrides(init, arch, device, seed, eval_on) -> dict[str, Any]:
+    """The flags every training command shares, as dotted config keys (None = keep the recipe's)."""
+    return {
+        "model.init": init,
+        "model.arch": arch,
+        "device": device,
+        "seed": seed,
+        "eval_datasets": list(eval_on) if eval_on else None,
+    }
+
+
 def _prepare_run_dir(out: Path, resume: bool) -> None:
     """Never silently overwrite an earlier run's checkpoints."""
     if resume:
@@ -93,12 +104,8 @@ def train(dataset, recipe, data_root, out, init, arch, epochs, eval_on, device, 
         recipe = f"supervised_{dataset}" if (recipes_dir() / f"supervised_{dataset}.yaml").exists() else "supervised"
     overrides = {
         "dataset": dataset,
-        "model.init": init,
-        "model.arch": arch,
         "train.epochs": epochs,
-        "device": device,
-        "seed": seed,
-        "eval_datasets": list(eval_on) if eval_on else None,
+        **_shared_overrides(init, arch, device, seed, eval_on),
     }
     config = _resolve_config(recipe, overrides, set_options)
     out = out or Path("runs") / f"train_{dataset}"
@@ -160,13 +167,9 @@ def _run_adaptation(source, target, method, recipe, data_root, out, init, arch, 
         "target": target,
         "dataset": target,
         "adapt.method": method,
-        "model.init": init,
-        "model.arch": arch,
         "clustering.clusterer": clusterer,
         "adapt.epochs": epochs,
-        "device": device,
-        "seed": seed,
-        "eval_datasets": list(eval_on) if eval_on else None,
+        **_shared_overrides(init, arch, device, seed, eval_on),
     }
     config = _resolve_config(recipe, overrides, set_options)
     if source is None:

@@ -33,7 +33,7 @@ from .inputs import (
     check_neighbor_count,
     l2_normalised,
 )
-from .knn import knn_search
+from .knn import dot_rows, knn_search
 
 # Upper bound on the temporary entries one Jaccard chunk may hold (8 bytes each: 32 MiB).
 _CHUNK_ENTRIES = 1 << 22
@@ -114,14 +114,6 @@ def _expanded_set(i, full_members, full_counts, half_members, half_counts, in_fu
     return size
 
 
-@njit(cache=True, fastmath=True)
-def _dot(features, i, j):
-    total = np.float32(0.0)
-    for d in range(features.shape[1]):
-        total += features[i, d] * features[j, d]
-    return total
-
-
 @njit(cache=True, parallel=True)
 def _encoding_sizes(full_members, full_counts, half_members, half_counts, n_tasks):
     n = full_members.shape[0]
@@ -154,7 +146,7 @@ def _encoding_fill(features, full_members, full_counts, half_members, half_count
             for a in range(size):
                 j = members[a]
                 indices[start + a] = j
-                d = (2.0 - 2.0 * np.float64(_dot(features, i, j))) * distance_scale[i]
+                d = (2.0 - 2.0 * np.float64(dot_rows(features, i, j))) * distance_scale[i]
                 dist[a] = d
                 smallest = min(smallest, d)
             total = 0.0

@@ -274,7 +274,8 @@ def _exact_knn_device(
 
 
 @njit(cache=True, fastmath=True)
-def _dot_rows(unit, i, j):
+def dot_rows(unit, i, j):
+    """<unit[i], unit[j]> in float32 (numba; shared by the kNN correction and the Jaccard weights)."""
     total = np.float32(0.0)
     for d in range(unit.shape[1]):
         total += unit[i, d] * unit[j, d]
@@ -288,7 +289,7 @@ def _offer(unit, i, m, seen, out_sim, out_idx):
         return
     seen[m] = i
     k = out_idx.shape[1]
-    s = _dot_rows(unit, i, m)
+    s = dot_rows(unit, i, m)
     if not _beats(s, m, out_sim[i, k - 1], out_idx[i, k - 1]):
         return
     pos = k - 1
