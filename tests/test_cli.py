@@ -132,7 +132,7 @@ def test_adapt_and_usl_commands_run_and_save_the_resolved_config(tmp_path, comma
 
 def test_adapt_unknown_method_lists_known_ones(tmp_path):
     result = CliRunner().invoke(cli, ["adapt", "--source", "market", "--target", "duke", "--method", "mmt", "--out", str(tmp_path / "r")])
-    assert result.exit_code == 1 and "unknown method 'mmt' for --method; known: spcl" in result.output
+    assert result.exit_code == 1 and "unknown method 'mmt' for --method; known: baseline, pplr, spcl" in result.output
 
 
 def test_evaluate_rerank_uses_k_reciprocal_re_ranking(tmp_path, market_root, monkeypatch):
@@ -167,3 +167,52 @@ def test_synth_sizes_are_kept_by_later_runs_and_rerunning_is_safe(tmp_path):
     assert again.exit_code == 0, again.output
     # A run that names the domain without sizes uses the generated folder as it is.
     assert load_dataset("synthx", root).num_train_ids == 3
+
+
+def test_usl_baseline_with_gds_hard_then_plot_distances_regenerates_the_histograms(tmp_path):
+    from tiny_reid_data import write_two_domains
+
+    data_root = write_two_domains(tmp_path / "data")
+    out = tmp_path / "run"
+    args = ["usl", "--dataset", "duke", "--method", "baseline", "--gds-hard", "--data-root", str(data_root),
+            "--out", str(out), "--epochs", "1", "--quiet", *_sets()]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    import yaml
+
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["adapt"]["method"] == "baseline" and saved["gds"]["enabled"] and saved["gds"]["hard_mining"]
+    written = json.loads((out / "distances.json").read_text())
+    (out / "distances.json").unlink()
+    (out / "distances.png").unlink()
+    result = CliRunner().invoke(cli, ["plot-distances", "--run", str(out), "--data-root", str(data_root), "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert "train: positive" in result.output and "test: positive" in result.output
+    # the last checkpoint is the model the run ended with, so the histograms come out the same
+    assert json.loads((out / "distances.json").read_text()) == written
+    assert (out / "distances.png").exists()
+
+
+def test_plot_distances_names_a_folder_without_a_checkpoint(tmp_path):
+    result = CliRunner().invoke(cli, ["plot-distances", "--run", str(tmp_path)])
+    assert result.exit_code == 1 and f"--run {tmp_path}: no last.pt in the run folder" in result.output
+
+
+def test_usl_pplr_with_camera_proxies_then_inspect_agreement_draws_the_extremes(tmp_path):
+    from tiny_reid_data import write_two_domains
+
+    data_root = write_two_domains(tmp_path / "data")
+    out = tmp_path / "run"
+    args = ["usl", "--dataset", "duke", "--method", "pplr", "--camera-proxies", "pplr", "--data-root", str(data_root),
+            "--out", str(out), "--epochs", "1", "--quiet", *_sets(), "--set", "method_options.agreement_k=4"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    import yaml
+
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["adapt"]["method"] == "pplr" and saved["method_options"]["camera_proxies"] == "pplr"
+    result = CliRunner().invoke(cli, ["inspect-agreement", "--run", str(out), "--data-root", str(data_root), "--count", "3"])
+    assert result.exit_code == 0, result.output
+    assert (out / "agreement_extremes_epoch001.png").exists() and "epoch 1: agreement mean" in result.output
+    missing = CliRunner().invoke(cli, ["inspect-agreement", "--run", str(out), "--epoch", "7"])
+    assert missing.exit_code == 1 and "--epoch 7: no agreement scores saved for it; saved epochs: 1" in missing.output

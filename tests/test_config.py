@@ -1,5 +1,7 @@
 """Strict recipes and overrides: a misspelled key is an error, never silently ignored."""
 
+import dataclasses
+
 import pytest
 
 from uda_reid.config import (
@@ -69,3 +71,28 @@ def test_every_shipped_recipe_loads_strictly():
 def test_unknown_recipe_name_lists_known_ones():
     with pytest.raises(ConfigError, match="known recipes: .*supervised"):
         find_recipe("no_such_recipe")
+
+
+def test_recipe_extends_another_and_overrides_its_keys(tmp_path):
+    (tmp_path / "base.yaml").write_text("adapt: {method: baseline, epochs: 7}\nclustering: {eps: 0.4}\n")
+    (tmp_path / "child.yaml").write_text("extends: base\nclustering: {k1: 11}\ngds: {enabled: true}\n")
+    config = load_recipe(tmp_path / "child.yaml")
+    assert (config.adapt.method, config.adapt.epochs) == ("baseline", 7)
+    assert (config.clustering.eps, config.clustering.k1, config.gds.enabled) == (0.4, 11, True)
+
+
+def test_shipped_gds_recipe_is_the_baseline_recipe_plus_gds_h():
+    base = load_recipe(find_recipe("baseline_market1501_to_dukemtmc"))
+    gds = load_recipe(find_recipe("gds_market1501_to_dukemtmc"))
+    assert gds.gds.enabled and gds.gds.hard_mining and not base.gds.enabled
+    assert dataclasses.replace(gds, gds=base.gds) == base
+
+
+def test_recipe_extends_cycle_and_missing_parent_are_named(tmp_path):
+    (tmp_path / "a.yaml").write_text("extends: b\n")
+    (tmp_path / "b.yaml").write_text("extends: a\n")
+    with pytest.raises(ConfigError, match=r"'extends' makes a cycle \(a.yaml -> b.yaml -> a.yaml\)"):
+        load_recipe(tmp_path / "a.yaml")
+    (tmp_path / "c.yaml").write_text("extends: no_such_parent\n")
+    with pytest.raises(ConfigError, match="recipe 'no_such_parent' not found"):
+        load_recipe(tmp_path / "c.yaml")

@@ -11,6 +11,24 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+# Run settings small enough for a CPU test: 32×16 images, ResNet-18, two epochs of two iterations.
+TINY_ADAPT = {
+    "device": "cpu",
+    "data.height": 32, "data.width": 16, "data.batch_size": 16, "data.num_instances": 4,
+    "data.workers": 0, "data.pad": 2, "data.eval_batch_size": 64,
+    "model.arch": "resnet18",
+    "optim.warmup_epochs": 0, "optim.milestones": [20],
+    "clustering.k1": 6, "clustering.k2": 2, "clustering.min_samples": 2,
+    "adapt.epochs": 2, "adapt.iters_per_epoch": 2, "adapt.eval_every": 1,
+}
+
+
+def tiny_adapt_config(**overrides):
+    """A ``RunConfig`` of the library defaults with ``TINY_ADAPT`` and ``overrides`` (dotted keys) applied."""
+    from uda_reid.config import RunConfig, apply_overrides
+
+    return apply_overrides(RunConfig(), {**TINY_ADAPT, **overrides})
+
 
 def _write_domain(root: Path, rng: np.random.Generator, offset: int, train_ids: int, test_ids: int, per_id: int) -> None:
     splits = (
@@ -39,3 +57,43 @@ def write_two_domains(data_root: Path, *, train_ids: int = 12, test_ids: int = 8
     _write_domain(data_root / "Market-1501-v15.09.15", rng, 0, train_ids, test_ids, per_id)
     _write_domain(data_root / "DukeMTMC-reID", rng, 40, train_ids, test_ids, per_id)
     return data_root
+
+
+def metrics_rows(run_dir: Path) -> list[dict]:
+    """The rows of a run's ``metrics.jsonl``."""
+    import json
+
+    return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+
+
+def assert_resume_reaches_the_uninterrupted_run(config, run_root: Path, data_root: Path, monkeypatch, *, kill_after: int = 2) -> None:
+    """Run ``config`` once straight through and once killed after epoch ``kill_after`` then resumed;
+    every metrics row (timings aside) and every exported weight must be the same."""
+    import pytest
+    import torch
+
+    from uda_reid.engine import run_log
+    from uda_reid.engine.checkpoints import load_checkpoint
+    from uda_reid.engine.loop import adapt
+
+    adapt(config, run_root / "full", data_root=data_root, progress=False)
+    append = run_log.RunLog.append
+
+    def killed(self, row):
+        append(self, row)
+        if row["epoch"] == kill_after:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(run_log.RunLog, "append", killed)
+    with pytest.raises(KeyboardInterrupt):
+        adapt(config, run_root / "cut", data_root=data_root, progress=False)
+    monkeypatch.setattr(run_log.RunLog, "append", append)
+    adapt(config, run_root / "cut", data_root=data_root, progress=False, resume=True)
+
+    def comparable(run):
+        return [{k: v for k, v in r.items() if not k.endswith("seconds")} for r in metrics_rows(run)]
+
+    assert comparable(run_root / "cut") == comparable(run_root / "full")
+    full = load_checkpoint(run_root / "full" / "last.pt")["model"]
+    cut = load_checkpoint(run_root / "cut" / "last.pt")["model"]
+    assert full.keys() == cut.keys() and all(torch.equal(full[k], cut[k]) for k in full)

@@ -127,6 +127,10 @@ def _adaptation_options(f):
         click.option("--init", default=None, help="Initial weights: imagenet:PATH, lup:PATH, upreid:PATH or a uda_reid checkpoint."),
         click.option("--arch", default=None, help="Backbone (resnet18, resnet34, resnet50, resnet101)."),
         click.option("--clusterer", type=click.Choice(["dbscan", "hdbscan", "kmeans"]), default=None),
+        click.option("--gds", is_flag=True, default=None, help="Add the GDS term (global distance-distribution separation) to the method's losses."),
+        click.option("--gds-hard", "gds_hard", is_flag=True, default=None, help="GDS with its distribution-based hard mining (GDS-H)."),
+        click.option("--camera-proxies", "camera_proxies", type=click.Choice(["cap", "pplr", "off"]), default=None,
+                     help="Camera-aware proxy loss (methods pplr and baseline): CAP's or PPLR's variant, or off."),
         click.option("--epochs", type=int, default=None),
         click.option("--eval-on", "eval_on", multiple=True, help="Also evaluate the final model on this dataset (repeatable)."),
         _device_option,
@@ -140,18 +144,24 @@ def _adaptation_options(f):
     return f
 
 
-def _default_adapt_recipe(method: str, source: str | None, target: str) -> str:
-    """``<method>_<source>_to_<target>`` / ``<method>_usl_<target>`` if shipped, else the generic one."""
+def _default_adapt_recipe(method: str, source: str | None, target: str, *, cameras: bool = False) -> str:
+    """``<method>_<source>_to_<target>`` / ``<method>_usl_<target>`` if shipped, else the generic one.
+
+    With camera proxies, ``<method>_cam_...`` comes first: the published camera-aware settings
+    change more than the loss (PPLR clusters Market-1501 at eps 0.4 with them).
+    """
     from .config import recipes_dir
 
-    specific = f"{method}_{source}_to_{target}" if source else f"{method}_usl_{target}"
-    if (recipes_dir() / f"{specific}.yaml").exists():
-        return specific
+    specific = f"{source}_to_{target}" if source else f"usl_{target}"
+    candidates = ([f"{method}_cam_{specific}"] if cameras else []) + [f"{method}_{specific}"]
+    for name in candidates:
+        if (recipes_dir() / f"{name}.yaml").exists():
+            return name
     return f"{method}_uda" if source else f"{method}_usl"
 
 
-def _run_adaptation(source, target, method, recipe, data_root, out, init, arch, clusterer, epochs, eval_on,
-                    device, seed, resume, set_options, quiet):
+def _run_adaptation(source, target, method, recipe, data_root, out, init, arch, clusterer, gds, gds_hard,
+                    camera_proxies, epochs, eval_on, device, seed, resume, set_options, quiet):
     from .data.datasets import canonical_name
     from .engine.loop import adapt as run_adaptation
 
@@ -161,20 +171,28 @@ def _run_adaptation(source, target, method, recipe, data_root, out, init, arch, 
 
     method = method or "spcl"
     METHODS.get(method)  # an unknown --method is named before any recipe is looked up
-    recipe = recipe or _default_adapt_recipe(method, source, target)
+    recipe = recipe or _default_adapt_recipe(method, source, target, cameras=camera_proxies not in (None, "off"))
     overrides = {
         "source": source,
         "target": target,
         "dataset": target,
         "adapt.method": method,
         "clustering.clusterer": clusterer,
+        "gds.enabled": True if gds or gds_hard else None,
+        "gds.hard_mining": True if gds_hard else None,
+        "method_options.camera_proxies": camera_proxies,
         "adapt.epochs": epochs,
         **_shared_overrides(init, arch, device, seed, eval_on),
     }
     config = _resolve_config(recipe, overrides, set_options)
     if source is None:
         config = apply_overrides(config, {"source": None})
-    name = f"{config.adapt.method}_{source}_to_{target}" if source else f"{config.adapt.method}_usl_{target}"
+    label = config.adapt.method
+    if config.method_options.get("camera_proxies", "off") != "off":
+        label += f"_{config.method_options['camera_proxies']}"
+    if config.gds.enabled or config.gds.hard_mining:
+        label += "_gdsh" if config.gds.hard_mining else "_gds"
+    name = f"{label}_{source}_to_{target}" if source else f"{label}_usl_{target}"
     out = out or Path("runs") / name
     _prepare_run_dir(out, resume)
     summary = run_adaptation(config, out, data_root=data_root, resume=resume, progress=not quiet)
@@ -235,6 +253,70 @@ def evaluate(dataset, weights, arch, recipe, data_root, device, rerank, as_json,
         click.echo(json.dumps({"dataset": data.name, "weights": str(weights), "rerank": rerank, **figures}))
     else:
         click.echo(f"{data.name}: " + "  ".join(f"{k} {v:.1f}" for k, v in figures.items()))
+
+
+@cli.command("plot-distances")
+@click.option("--run", "run_dir", required=True, type=click.Path(file_okay=False, exists=True, path_type=Path), help="A run folder of udareid adapt / usl / train.")
+@click.option("--checkpoint", type=click.Choice(["last", "best"]), default="last", show_default=True)
+@_data_root_option
+@_device_option
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def plot_distances(run_dir, checkpoint, data_root, device, quiet):
+    """Histograms of positive vs negative pair distances on the run's target train and test splits.
+
+    Writes distances.png and distances.json into the run folder (GDS runs write them at the end).
+    """
+    from .data.datasets import load_dataset
+    from .engine.device import resolve_device
+    from .evaluation.distances import dataset_histograms, save_histograms
+    from .models.factory import model_from_weights
+
+    weights = run_dir / f"{checkpoint}.pt"
+    if not weights.exists():
+        raise ConfigError(f"--run {run_dir}: no {weights.name} in the run folder (is it a udareid run?)")
+    model, config = model_from_weights(str(weights))
+    torch_device = resolve_device(device or config.device)
+    dataset = load_dataset(config.target or config.dataset, data_root)
+    histograms = dataset_histograms(model.to(torch_device), dataset, config.data, device=torch_device, progress=not quiet)
+    json_path, png_path = save_histograms(histograms, run_dir, title=f"{run_dir.name} ({checkpoint}.pt), {dataset.name}")
+    for split, histogram in histograms.items():
+        summary = histogram.summary()
+        click.echo(f"{split:>6}: positive {summary['pos_mean']:.3f} ± {summary['pos_std']:.3f} ({summary['pos_pairs']} pairs)"
+                   f"  negative {summary['neg_mean']:.3f} ± {summary['neg_std']:.3f} ({summary['neg_pairs']} pairs)")
+    click.echo(f"wrote {png_path} and {json_path}")
+
+
+@cli.command("inspect-agreement")
+@click.option("--run", "run_dir", required=True, type=click.Path(file_okay=False, exists=True, path_type=Path), help="A PPLR run folder.")
+@click.option("--epoch", type=int, default=None, help="Epoch whose scores to show (default: the last one saved).")
+@click.option("--count", type=int, default=12, show_default=True, help="Images in each row.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="PNG to write (default: RUN/agreement_extremes_epochNNN.png).")
+@_data_root_option
+def inspect_agreement(run_dir, epoch, count, out, data_root):
+    """Grid of the target images with the lowest and the highest PPLR cross-agreement."""
+    from .data.datasets import load_dataset
+    from .data.image_dataset import readable_samples
+    from .engine.epoch_records import load_epoch_records
+    from .evaluation.agreement_grid import save_agreement_grid
+
+    config_path = run_dir / "config.yaml"
+    if not config_path.exists():
+        raise ConfigError(f"--run {run_dir}: no config.yaml in the run folder (is it a udareid run?)")
+    config = load_recipe(config_path)
+    records = {e: r for e, r in load_epoch_records(run_dir).items() if "score_agreement" in r}
+    if not records:
+        raise ConfigError(f"--run {run_dir}: no epoch with agreement scores in {run_dir / 'epochs'} (is it a PPLR run?)")
+    epoch = epoch if epoch is not None else max(records)
+    if epoch not in records:
+        raise ConfigError(f"--epoch {epoch}: no agreement scores saved for it; saved epochs: {', '.join(map(str, sorted(records)))}")
+    dataset = load_dataset(config.target or config.dataset, data_root)
+    samples = readable_samples(dataset.train, progress=False) if config.data.skip_unreadable else dataset.train
+    out = out or run_dir / f"agreement_extremes_epoch{epoch:03d}.png"
+    scores = records[epoch]["score_agreement"]
+    save_agreement_grid(samples, scores, out, count=count, title=f"{run_dir.name}, epoch {epoch}: cross-agreement (mean; per part)")
+    click.echo(f"epoch {epoch}: agreement mean {scores.mean():.3f}, lowest {scores.mean(axis=1).min():.3f}, "
+               f"highest {scores.mean(axis=1).max():.3f}")
+    click.echo(f"wrote {out}")
 
 
 # --------------------------------------------------------------------------- synth

@@ -111,11 +111,46 @@ class AdaptConfig:
     method: str = "spcl"
     epochs: int = 50
     iters_per_epoch: int = 400
+    # > 0: instead of iters_per_epoch, this many passes over the epoch's labelled target images
+    # (GDS's baseline trains 70 epochs on each round's pseudo-labels)
+    passes_per_epoch: float = 0.0
     eval_every: int = 10
     bn_groups: int = 1  # >1: BN statistics over fixed groups of the batch (multi-GPU reproduction)
     # > 0: first train a supervised model on the source for this many epochs (with ``train`` and
     # ``optim`` settings) and start adaptation from it, unless model.init is given.
     source_pretrain_epochs: int = 0
+    # Keys of the ``optim`` section that differ for the source stage (GDS: source lr 3e-4 with steps,
+    # adaptation 6e-5 constant), e.g. {lr: 3.0e-4, milestones: [50, 100]}.
+    source_optim: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class GdsConfig:
+    """GDS (Jin et al., ECCV 2020) added to any method's target batches (``--gds`` / ``--gds-hard``).
+
+    The paper pins the initial statistics, λσ and λh; the rest is ours (METHODS.md §3 lists what the
+    sources leave open) and each is a key here.
+    """
+
+    enabled: bool = False  # --gds
+    hard_mining: bool = False  # --gds-hard (also enables GDS)
+    weight: float = 1.0  # of L_GDS in the total loss
+    lambda_sigma: float = 1.0  # λσ: variance (sharpness) vs mean (separation) terms
+    lambda_hard: float = 0.5  # λh: weight of the hard-mining loss
+    momentum: float = 0.9  # β: weight the old global statistics keep per batch
+    initial_mean: float = 0.5
+    initial_variance: float = 0.16666667  # 1/6
+    distance: str = "euclidean"  # euclidean (on L2-normalised features) | cosine (1 − cos)
+    pairs: str = "all"  # all: every pair of the batch by pseudo-label | hardest: per-anchor batch-hard pairs
+    separation: str = "softplus"  # softplus(μ+ − μ− + margin) | hinge: relu(μ+ − μ− + margin)
+    margin: float = 0.0
+    # updated: loss on the momentum-updated statistics, gradient through the batch share (the
+    # supplement's derivation) | batch: loss on the batch's own statistics
+    gradient: str = "updated"
+    # tail: positives beyond μ+ + kσ+ / negatives below μ− − kσ− are hard | overlap: positives beyond
+    # μ− − kσ− / negatives below μ+ + kσ+ (pairs inside the other distribution); k = hard_sigma
+    hard_rule: str = "tail"
+    hard_sigma: float = 1.0
 
 
 @dataclass
@@ -134,6 +169,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     clustering: ClusteringConfig = field(default_factory=ClusteringConfig)
     adapt: AdaptConfig = field(default_factory=AdaptConfig)
+    gds: GdsConfig = field(default_factory=GdsConfig)
     # The method's own options, checked strictly by the method against its options dataclass.
     method_options: dict[str, Any] = field(default_factory=dict)
 
@@ -239,8 +275,12 @@ def update_dataclass(obj: Any, values: Mapping[str, Any], where: str) -> Any:
     return dataclasses.replace(obj, **changes)
 
 
-def load_recipe(path: str | os.PathLike, base: RunConfig | None = None) -> RunConfig:
-    """Apply the recipe file at ``path`` on top of ``base`` (defaults when None)."""
+def load_recipe(path: str | os.PathLike, base: RunConfig | None = None, *, _chain: tuple[Path, ...] = ()) -> RunConfig:
+    """Apply the recipe file at ``path`` on top of ``base`` (defaults when None).
+
+    A recipe may start with ``extends: OTHER`` (a recipe name or path): OTHER is applied first and
+    this file's keys override it, so a published variant (GDS on the baseline) repeats nothing.
+    """
     path = Path(path)
     try:
         data = yaml.safe_load(path.read_text()) or {}
@@ -248,6 +288,18 @@ def load_recipe(path: str | os.PathLike, base: RunConfig | None = None) -> RunCo
         raise ConfigError(f"recipe file {path} does not exist") from None
     except yaml.YAMLError as error:
         raise ConfigError(f"recipe file {path} is not valid YAML: {error}") from None
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"recipe file {path}: expected a mapping of sections, got {type(data).__name__}")
+    if "extends" in data:
+        data = dict(data)
+        parent_name = data.pop("extends")
+        sibling = path.parent / f"{str(parent_name).removesuffix('.yaml')}.yaml"
+        parent = sibling if sibling.exists() else find_recipe(str(parent_name))
+        chain = (*_chain, path.resolve())
+        if parent.resolve() in chain:
+            names = " -> ".join(p.name for p in (*chain, parent.resolve()))
+            raise ConfigError(f"recipe file {path}: 'extends' makes a cycle ({names})")
+        base = load_recipe(parent, base, _chain=chain)
     return update_dataclass(base or RunConfig(), data, str(path))
 
 

@@ -5,28 +5,18 @@ import json
 import numpy as np
 import pytest
 import torch
+from tiny_reid_data import assert_resume_reaches_the_uninterrupted_run, tiny_adapt_config, write_two_domains
 
 from uda_reid.clustering import ClusterResult
-from uda_reid.config import RunConfig, apply_overrides
-from uda_reid.engine import run_log
+from uda_reid.config import apply_overrides
+from uda_reid.data.datasets import load_dataset
 from uda_reid.engine.checkpoints import load_checkpoint
 from uda_reid.engine.loop import adapt
 from uda_reid.engine.supervised import TrainingDivergedError
 from uda_reid.errors import CheckpointError, ConfigError, UnknownNameError
 from uda_reid.evaluation.protocol import evaluate_model
-from uda_reid.data.datasets import load_dataset
+from uda_reid.methods import StepOutput
 from uda_reid.models.factory import model_from_weights
-from tiny_reid_data import write_two_domains
-
-TINY = {
-    "device": "cpu",
-    "data.height": 32, "data.width": 16, "data.batch_size": 16, "data.num_instances": 4,
-    "data.workers": 0, "data.pad": 2, "data.eval_batch_size": 64,
-    "model.arch": "resnet18",
-    "optim.warmup_epochs": 0, "optim.milestones": [20],
-    "clustering.k1": 6, "clustering.k2": 2, "clustering.min_samples": 2,
-    "adapt.epochs": 2, "adapt.iters_per_epoch": 2, "adapt.eval_every": 1,
-}
 
 
 @pytest.fixture(scope="module")
@@ -34,8 +24,7 @@ def data_root(tmp_path_factory):
     return write_two_domains(tmp_path_factory.mktemp("data"))
 
 
-def tiny_config(**overrides):
-    return apply_overrides(RunConfig(), {**TINY, **overrides})
+tiny_config = tiny_adapt_config
 
 
 def rows(run_dir):
@@ -67,28 +56,7 @@ def test_usl_run_trains_target_only(tmp_path, data_root):
 
 def test_resume_after_a_kill_reaches_the_uninterrupted_result(tmp_path, data_root, monkeypatch):
     config = tiny_config(source="market1501", target="dukemtmc", **{"adapt.epochs": 3})
-    adapt(config, tmp_path / "full", data_root=data_root, progress=False)
-
-    append = run_log.RunLog.append
-
-    def killed_after_epoch_2(self, row):
-        append(self, row)
-        if row["epoch"] == 2:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(run_log.RunLog, "append", killed_after_epoch_2)
-    with pytest.raises(KeyboardInterrupt):
-        adapt(config, tmp_path / "cut", data_root=data_root, progress=False)
-    monkeypatch.setattr(run_log.RunLog, "append", append)
-    adapt(config, tmp_path / "cut", data_root=data_root, progress=False, resume=True)
-
-    def comparable(run):
-        return [{k: v for k, v in r.items() if not k.endswith("seconds")} for r in rows(run)]
-
-    assert comparable(tmp_path / "cut") == comparable(tmp_path / "full")
-    full = load_checkpoint(tmp_path / "full" / "last.pt")["model"]
-    cut = load_checkpoint(tmp_path / "cut" / "last.pt")["model"]
-    assert all(torch.equal(full[k], cut[k]) for k in full)
+    assert_resume_reaches_the_uninterrupted_run(config, tmp_path, data_root, monkeypatch)
 
 
 def test_resume_with_another_config_is_refused(tmp_path, data_root):
@@ -99,7 +67,7 @@ def test_resume_with_another_config_is_refused(tmp_path, data_root):
 
 
 def test_all_outlier_and_single_cluster_epochs_go_on_with_instances(tmp_path, data_root, monkeypatch):
-    import uda_reid.engine.loop as loop
+    from uda_reid.engine import loop
 
     outcomes = iter([np.full(72, -1), np.zeros(72, dtype=np.int64)])  # epoch 1: all outliers; epoch 2: one cluster
 
@@ -121,13 +89,13 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(
     from uda_reid.methods.spcl import SpCL
 
     config = tiny_config(target="dukemtmc", **{"adapt.epochs": 2})
-    adapt(config, tmp_path, data_root=data_root, progress=False, **{})
+    adapt(config, tmp_path, data_root=data_root, progress=False)
     good = load_checkpoint(tmp_path / "last.pt")
     original = SpCL.training_step
 
     def nan_step(self, ctx, batch):
-        losses = original(self, ctx, batch)
-        return {name: value * float("nan") for name, value in losses.items()}
+        step = original(self, ctx, batch)
+        return StepOutput({name: value * float("nan") for name, value in step.losses.items()}, step.target_features)
 
     monkeypatch.setattr(SpCL, "training_step", nan_step)
     with pytest.raises(TrainingDivergedError, match=r"loss became nan at epoch 3, iteration 1 \(loss_target nan\)"):
@@ -138,7 +106,7 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(
 
 
 def test_unknown_method_clusterer_and_method_option_are_named(tmp_path):
-    with pytest.raises(UnknownNameError, match="unknown method 'mmt' for --method; known: spcl"):
+    with pytest.raises(UnknownNameError, match="unknown method 'mmt' for --method; known: baseline, pplr, spcl"):
         adapt(tiny_config(target="dukemtmc", **{"adapt.method": "mmt"}), tmp_path, progress=False)
     with pytest.raises(ConfigError, match="method_options: unknown key 'temprature'"):
         adapt(tiny_config(target="dukemtmc", method_options={"temprature": 0.1}), tmp_path, progress=False)

@@ -15,6 +15,7 @@ from .cluster import (
     make_clusterer,
     mutual_reachability_spanning_tree,
 )
+from .agreement import cross_agreement
 from .inputs import InvalidDistanceError, InvalidFeaturesError, InvalidParameterError
 from .jaccard import jaccard_distance, jaccard_from_neighbors, to_dense
 from .knn import KNN_BACKENDS, NeighborLists, knn_search
@@ -32,6 +33,7 @@ __all__ = [
     "KMeansClusterer",
     "NeighborLists",
     "cluster_stage",
+    "cross_agreement",
     "jaccard_distance",
     "jaccard_from_neighbors",
     "knn_search",

@@ -15,6 +15,17 @@ from ..data.image_dataset import ImageDataset
 from ..data.transforms import build_test_transform
 
 
+def eval_loader(samples: Sequence[Sample], data_config: DataConfig, device: torch.device) -> DataLoader:
+    """Test-time transform, ``eval_batch_size`` batches, sample order kept."""
+    return DataLoader(
+        ImageDataset(samples, build_test_transform(data_config)),
+        batch_size=data_config.eval_batch_size,
+        shuffle=False,
+        num_workers=data_config.workers,
+        pin_memory=device.type == "cuda",
+    )
+
+
 @torch.no_grad()
 def extract_features(
     model: nn.Module,
@@ -31,13 +42,7 @@ def extract_features(
     The model's train/eval mode is restored afterwards.
     """
     device = device or next(model.parameters()).device
-    loader = DataLoader(
-        ImageDataset(samples, build_test_transform(data_config)),
-        batch_size=data_config.eval_batch_size,
-        shuffle=False,
-        num_workers=data_config.workers,
-        pin_memory=device.type == "cuda",
-    )
+    loader = eval_loader(samples, data_config, device)
     was_training = model.training
     model.eval()
     chunks = []

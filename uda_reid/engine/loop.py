@@ -24,19 +24,22 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ..clustering import cluster_stage
-from ..config import RunConfig, save_config
+from ..config import RunConfig, save_config, update_dataclass
 from ..data.datasets import ReidDataset, Sample, load_dataset
 from ..data.image_dataset import ImageDataset, readable_samples
 from ..data.samplers import IdentitySampler
 from ..data.transforms import build_train_transform
 from ..errors import ConfigError
+from ..evaluation.distances import dataset_histograms, save_histograms
 from ..evaluation.protocol import evaluate_model
 from ..fileio import atomic_write_text
+from ..losses.gds import GlobalDistanceSeparation
 from ..methods import AdaptContext, Method, build_method
 from ..models.batchnorm import convert_to_grouped_bn
 from ..models.factory import build_model
 from .checkpoints import load_checkpoint, save_checkpoint
 from .device import resolve_device
+from .epoch_records import plot_score_distributions, save_epoch_record
 from .features import extract_features
 from .optim import build_optimizer, build_scheduler
 from .run_log import RunLog
@@ -89,6 +92,9 @@ class AdaptationLoop:
         self.progress = progress
         self.device = resolve_device(config.device)
         self.method: Method = build_method(config)  # checks method and options before any work
+        update_dataclass(config.optim, config.adapt.source_optim, "adapt.source_optim")  # named before any work
+        gds_on = config.gds.enabled or config.gds.hard_mining
+        self.gds = GlobalDistanceSeparation(config.gds).to(self.device) if gds_on else None
         self.log = RunLog(self.run_dir, resume=resume)
 
     # ------------------------------------------------------------------ set-up
@@ -109,13 +115,7 @@ class AdaptationLoop:
         best = source_dir / "best.pt"
         if not best.exists():
             self.log.info(f"source stage: supervised training on {config.source} -> {source_dir}")
-            stage = dataclasses.replace(
-                config,
-                dataset=config.source,
-                eval_datasets=[],
-                train=dataclasses.replace(config.train, epochs=config.adapt.source_pretrain_epochs),
-            )
-            train_supervised(stage, source_dir, data_root=self.data_root, progress=self.progress,
+            train_supervised(source_stage_config(config), source_dir, data_root=self.data_root, progress=self.progress,
                              resume=(source_dir / "last.pt").exists())
         return dataclasses.replace(config.model, init=str(best))
 
@@ -138,6 +138,8 @@ class AdaptationLoop:
             model = convert_to_grouped_bn(model, config.adapt.bn_groups)
         model.to(self.device)
         optimizer = build_optimizer(model, config.optim)
+        # Group 1 holds the method's per-epoch heads (classifiers from centroids), empty between epochs.
+        optimizer.add_param_group({"params": [], "name": "heads"})
         scheduler = build_scheduler(optimizer, config.optim)
         ctx = AdaptContext(
             config=config,
@@ -160,6 +162,8 @@ class AdaptationLoop:
             self.log.info(f"resumed from {self.run_dir / 'last.pt'}: continuing at epoch {start_epoch + 1}")
         self.method.setup(ctx, state["train_state"]["method"] if state else None)
         if state is not None:
+            if self.gds is not None:
+                self.gds.load_state_dict(state["train_state"]["gds"])
             _set_rng_state(state["train_state"]["rng"])
         else:
             figures = self._evaluate(model, target)
@@ -172,6 +176,7 @@ class AdaptationLoop:
         for epoch in range(start_epoch, config.adapt.epochs):
             row: dict[str, Any] = {"epoch": epoch + 1}
             started = time.perf_counter()
+            ctx.epoch = epoch
             features = self.method.target_features(ctx)
             if features is None:
                 features = extract_features(model, target_samples, config.data, device=self.device,
@@ -191,9 +196,17 @@ class AdaptationLoop:
                 self.log.info(f"epoch {epoch + 1}: every target image is an outlier; training on instances")
             elif result.num_clusters == 1 and result.num_outliers == 0:
                 self.log.info(f"epoch {epoch + 1}: all target images fell into one cluster")
-            epoch_labels = self.method.on_clusters(result, ctx)
+            epoch_labels = self.method.on_clusters(result, features, ctx)
             row.update(epoch_labels.figures)
+            save_epoch_record(self.run_dir, epoch + 1, cluster_labels=result.labels,
+                              training_labels=epoch_labels.labels, scores=epoch_labels.scores)
+            if epoch_labels.scores:
+                plot_score_distributions(self.run_dir)
+            _set_head_parameters(optimizer, self.method.head_parameters())
             row.update(self._train_epoch(ctx, optimizer, epoch, epoch_labels.labels, source_loader))
+            _set_head_parameters(optimizer, [])  # next epoch's heads start afresh; checkpoints stay shape-free
+            if self.gds is not None:
+                row.update(self.gds.figures())
             row["lr"] = optimizer.param_groups[0]["lr"]
             scheduler.step()
             due = config.adapt.eval_every > 0 and (epoch + 1) % config.adapt.eval_every == 0
@@ -233,26 +246,32 @@ class AdaptationLoop:
         if (labels >= 0).sum() == 0:
             self.log.info(f"epoch {epoch + 1}: no target image has a training label; epoch skipped")
             return {}
+        iterations = config.adapt.iters_per_epoch
+        if config.adapt.passes_per_epoch > 0:
+            iterations = max(1, round(config.adapt.passes_per_epoch * int((labels >= 0).sum()) / config.data.batch_size))
         sampler = IdentitySampler(
             labels, cameras=[s.camid for s in ctx.target_samples],
             batch_size=config.data.batch_size, num_instances=config.data.num_instances,
-            num_batches=config.adapt.iters_per_epoch, seed=config.seed,
+            num_batches=iterations, seed=config.seed,
         )
         sampler.set_epoch(epoch)
         loader = self._loader(ctx.target_samples, sampler, labels=labels)
         ctx.model.train()
         totals: dict[str, float] = {}
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.adapt.epochs}", disable=not self.progress, leave=False)
-        for step, target_batch in enumerate(bar):
+        for iteration, target_batch in enumerate(bar):
             batch = {"target": {**target_batch, "label": target_batch["pid"]}}
             if source_loader is not None:
                 batch["source"] = next(source_loader)
-            losses = self.method.training_step(ctx, batch)
+            step = self.method.training_step(ctx, batch)
+            losses = dict(step.losses)
+            if self.gds is not None:
+                losses.update(self.gds(step.target_features, batch["target"]["label"]))
             loss = sum(losses.values())
             if not math.isfinite(loss.item()):
                 named = ", ".join(f"{k} {v.item():.4g}" for k, v in losses.items())
                 raise TrainingDivergedError(
-                    f"loss became {loss.item()} at epoch {epoch + 1}, iteration {step + 1} ({named}); stopped. "
+                    f"loss became {loss.item()} at epoch {epoch + 1}, iteration {iteration + 1} ({named}); stopped. "
                     f"The last good checkpoint {self.run_dir / 'last.pt'} is kept; try a lower optim.lr"
                 )
             optimizer.zero_grad(set_to_none=True)
@@ -263,7 +282,7 @@ class AdaptationLoop:
                 totals[key] = totals.get(key, 0.0) + value.item()
             bar.set_postfix(loss=f"{loss.item():.3f}")
         steps = max(1, len(loader))
-        return {key: round(value / steps, 5) for key, value in totals.items()}
+        return {**{key: round(value / steps, 5) for key, value in totals.items()}, "iterations": len(loader)}
 
     def _evaluate(self, model, target: ReidDataset) -> dict[str, float]:
         return evaluate_model(model, target, self.config.data, device=self.device, progress=self.progress)
@@ -283,6 +302,7 @@ class AdaptationLoop:
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
                 "method": self.method.state_dict(),
+                "gds": self.gds.state_dict() if self.gds is not None else {},
                 "rng": _rng_state(),
             },
         )
@@ -301,7 +321,29 @@ class AdaptationLoop:
             other = load_dataset(name, self.data_root)
             summary.setdefault("also_evaluated", {})[other.name] = self._evaluate(model, other)
         atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+        if self.gds is not None:  # the pictures GDS explains itself with (any run: udareid plot-distances)
+            histograms = dataset_histograms(model, target, self.config.data, device=self.device, progress=self.progress)
+            save_histograms(histograms, self.run_dir, title=f"{self.config.adapt.method} + GDS, last epoch, {target.name}")
         return summary
+
+
+def source_stage_config(config: RunConfig) -> RunConfig:
+    """The supervised source stage of a UDA run: ``train`` settings, ``optim`` with ``adapt.source_optim``."""
+    return dataclasses.replace(
+        config,
+        dataset=config.source,
+        eval_datasets=[],
+        optim=update_dataclass(config.optim, config.adapt.source_optim, "adapt.source_optim"),
+        train=dataclasses.replace(config.train, epochs=config.adapt.source_pretrain_epochs),
+    )
+
+
+def _set_head_parameters(optimizer: torch.optim.Optimizer, parameters: list[torch.nn.Parameter]) -> None:
+    """Put ``parameters`` in the optimiser's heads group, forgetting the state of the previous ones."""
+    group = next(g for g in optimizer.param_groups if g.get("name") == "heads")
+    for old in group["params"]:
+        optimizer.state.pop(old, None)
+    group["params"] = list(parameters)
 
 
 def _rng_state() -> dict[str, Any]:

@@ -19,11 +19,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from ..fileio import atomic_path, atomic_write_text  # noqa: E402
 
-# Which curves share a panel: retrieval figures, losses, clustering counts.
+# Which curves share a panel: retrieval figures, losses, clustering counts, GDS's global statistics.
 _PANELS = {
     "retrieval (%)": ("mAP", "rank1", "rank5", "rank10"),
     "loss": ("loss",),
     "clusters": ("clusters", "outliers", "unclustered"),
+    "pair distances (GDS: μ±, σ±, 3σ tails)": ("gds_",),
 }
 
 

@@ -1,5 +1,15 @@
-"""Losses are pure functions of tensors; state lives in memory modules."""
+"""Losses: pure functions of tensors, except GDS, whose global statistics are its module's buffers."""
 
+from .gds import GlobalDistanceSeparation
+from .pplr import aals_loss, part_identity_loss, pglr_loss, pglr_targets
 from .triplet import batch_hard_triplet_loss, pairwise_euclidean
 
-__all__ = ["batch_hard_triplet_loss", "pairwise_euclidean"]
+__all__ = [
+    "GlobalDistanceSeparation",
+    "aals_loss",
+    "batch_hard_triplet_loss",
+    "pairwise_euclidean",
+    "part_identity_loss",
+    "pglr_loss",
+    "pglr_targets",
+]

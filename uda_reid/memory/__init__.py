@@ -1,5 +1,6 @@
-"""Feature memories that methods train against (SpCL's hybrid memory)."""
+"""Feature memories that methods train against: SpCL's hybrid memory, camera-aware proxies."""
 
+from .camera_proxies import CameraProxies
 from .hybrid import HybridMemory, class_centroids
 
-__all__ = ["HybridMemory", "class_centroids"]
+__all__ = ["CameraProxies", "HybridMemory", "class_centroids"]

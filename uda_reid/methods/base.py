@@ -36,6 +36,7 @@ class AdaptContext:
     source_samples: list[Sample] | None  # None for USL
     num_source_classes: int
     progress: bool = True
+    epoch: int = 0  # the epoch being prepared or trained, counted from 0
 
 
 @dataclass
@@ -43,10 +44,25 @@ class EpochLabels:
     """A method's answer to a clustering: labels to train the target with, plus figures to log.
 
     ``labels[i]`` is the training class of target image ``i`` (−1 = not trained this epoch).
+    ``scores`` are per-image values worth keeping (``N`` or ``N×P``, e.g. PPLR's agreement): the loop
+    saves them with the labels in ``epochs/epoch_NNN.npz`` and plots their distribution per epoch.
     """
 
     labels: np.ndarray
     figures: dict[str, float] = dataclasses.field(default_factory=dict)
+    scores: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+
+
+@dataclass
+class StepOutput:
+    """What one training step of a method computed.
+
+    ``losses``: named loss tensors (summed by the loop). ``target_features``: the embedding of the
+    target batch (``N×D``, with gradients) that add-on terms act on, e.g. GDS with ``--gds``.
+    """
+
+    losses: dict[str, torch.Tensor]
+    target_features: torch.Tensor
 
 
 @dataclass
@@ -91,12 +107,19 @@ class Method(abc.ABC):
         return "auto"
 
     @abc.abstractmethod
-    def on_clusters(self, result: ClusterResult, ctx: AdaptContext) -> EpochLabels:
-        """Turn the clustering into this epoch's training labels (and set up memories/classifiers)."""
+    def on_clusters(self, result: ClusterResult, features: torch.Tensor, ctx: AdaptContext) -> EpochLabels:
+        """Turn the clustering of ``features`` (``N×D``, what was clustered) into this epoch's training
+        labels, and set up memories and classifiers from them."""
+
+    def head_parameters(self) -> list[nn.Parameter]:
+        """Parameters the method re-creates in every ``on_clusters`` (classifiers initialised from
+        cluster centroids). The loop trains them with the model's optimiser settings and a fresh
+        optimiser state each epoch."""
+        return []
 
     @abc.abstractmethod
-    def training_step(self, ctx: AdaptContext, batch: dict[str, dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-        """Named loss tensors of one step; ``batch`` has ``"target"`` (and ``"source"``) image batches.
+    def training_step(self, ctx: AdaptContext, batch: dict[str, dict[str, torch.Tensor]]) -> StepOutput:
+        """The losses of one step; ``batch`` has ``"target"`` (and ``"source"``) image batches.
 
         Target batches carry ``"label"`` (the epoch's training label) and ``"index"`` (the image's
         position in ``ctx.target_samples``); source batches carry ``"pid"``.

@@ -20,7 +20,7 @@ from ..clustering.reliability import SelfPacedCriterion, unique_outlier_labels
 from ..engine.features import extract_features
 from ..memory import HybridMemory, class_centroids
 from ..models.batchnorm import bn_domain, convert_to_domain_specific_bn, domain_specific_to_plain
-from .base import METHODS, AdaptContext, EpochLabels, Method
+from .base import METHODS, AdaptContext, EpochLabels, Method, StepOutput
 
 
 @dataclass
@@ -96,7 +96,7 @@ class SpCL(Method):
         # The loose reliability pass reads entries up to eps + gap.
         return self.config.clustering.eps + self.options.eps_gap if self._self_paced else "auto"
 
-    def on_clusters(self, result: ClusterResult, ctx: AdaptContext) -> EpochLabels:
+    def on_clusters(self, result: ClusterResult, features: torch.Tensor, ctx: AdaptContext) -> EpochLabels:
         labels = result.labels
         figures: dict[str, float] = {}
         if self._self_paced and result.distance is not None and result.num_clusters > 0:
@@ -112,7 +112,7 @@ class SpCL(Method):
         self.memory.set_labels(torch.from_numpy(np.concatenate([source_rows, self.num_source_classes + training])))
         return EpochLabels(training, figures)
 
-    def training_step(self, ctx: AdaptContext, batch: dict[str, dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    def training_step(self, ctx: AdaptContext, batch: dict[str, dict[str, torch.Tensor]]) -> StepOutput:
         losses = {}
         self._pending = []
         if self.uda:
@@ -127,7 +127,7 @@ class SpCL(Method):
         features = ctx.model(images).features
         losses["loss_target"] = self.memory.loss(features, rows)
         self._pending.append((features.detach(), rows))
-        return losses
+        return StepOutput(losses, features)
 
     def after_step(self, ctx: AdaptContext) -> None:
         for features, rows in self._pending:

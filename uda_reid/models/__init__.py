@@ -1,4 +1,4 @@
-"""Backbones, pooling / BN necks, the re-ID model and importing pre-trained checkpoints."""
+"""Backbones, pooling / BN necks, the re-ID models (global; global + parts) and importing pre-trained checkpoints."""
 
 from .backbones import BACKBONES, ResNetBackbone, build_backbone
 from .checkpoint_import import (
@@ -17,6 +17,7 @@ from .necks import (
     HorizontalPartPooling,
     build_pooling,
 )
+from .part_model import PartReidModel, PartReidOutput, part_model_to_plain
 from .reid_model import ReidModel, ReidOutput
 
 __all__ = [
@@ -28,6 +29,8 @@ __all__ = [
     "HorizontalPartPooling",
     "ImportReport",
     "POOLINGS",
+    "PartReidModel",
+    "PartReidOutput",
     "ReidModel",
     "ReidOutput",
     "ResNetBackbone",
@@ -37,4 +40,5 @@ __all__ = [
     "load_state_dict_file",
     "lup_uses_extra_bn",
     "parse_init_spec",
+    "part_model_to_plain",
 ]

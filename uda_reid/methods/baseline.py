@@ -1,0 +1,92 @@
+"""The clustering baseline (Song et al., Pattern Recognition 2020, as GDS builds on it).
+
+Each epoch the target images are clustered; outliers sit the epoch out; a bias-free classifier over
+the clusters is re-initialised from the L2-normalised cluster centroids (so the first step already
+scores each image against its cluster instead of a random head) and trained with cross-entropy on
+the BN-neck feature, plus the soft-margin batch-hard triplet loss on the pooled feature. Start it
+from a source-trained model (``adapt.source_pretrain_epochs`` or ``--init``); GDS adds its term with
+``--gds`` / ``--gds-hard``. Facts: METHODS.md §3.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..clustering import ClusterResult
+from ..losses import batch_hard_triplet_loss
+from ..memory import class_centroids
+from .base import METHODS, AdaptContext, EpochLabels, Method, StepOutput
+from .camera_aware import CameraAwareProxies
+
+
+@dataclass
+class BaselineOptions:
+    id_loss_weight: float = 1.0
+    triplet_loss_weight: float = 1.0
+    label_smoothing: float = 0.1
+    triplet_margin: float = 0.0  # 0: soft margin softplus(d_ap − d_an)
+    camera_proxies: str = "off"  # off | cap | pplr  (--camera-proxies), on the global feature
+    camera_weight: float = 0.5
+    camera_temperature: float = 0.07
+    camera_hard_negatives: int = 50
+    camera_inter_start_epoch: int = 5  # cap mode: inter-camera loss from this epoch
+
+
+def centroid_classifier(features: torch.Tensor, labels: np.ndarray, device: torch.device) -> nn.Linear:
+    """Bias-free ``Linear(D, C)`` whose rows are the L2-normalised centroids of clusters 0..C−1."""
+    clustered = labels >= 0
+    centroids = class_centroids(features[torch.from_numpy(clustered)], torch.from_numpy(labels[clustered]))
+    classifier = nn.Linear(centroids.shape[1], centroids.shape[0], bias=False)
+    with torch.no_grad():
+        classifier.weight.copy_(centroids)
+    return classifier.to(device)
+
+
+@METHODS.register("baseline")
+class ClusteringBaseline(Method):
+    Options = BaselineOptions
+
+    def __init__(self, config) -> None:
+        super().__init__(config)
+        o = self.options
+        self.classifier: nn.Linear | None = None
+        self.proxies = CameraAwareProxies(
+            o.camera_proxies, weight=o.camera_weight, temperature=o.camera_temperature,
+            num_hard_negatives=o.camera_hard_negatives, inter_start_epoch=o.camera_inter_start_epoch,
+        )
+
+    def on_clusters(self, result: ClusterResult, features: torch.Tensor, ctx: AdaptContext) -> EpochLabels:
+        labels = result.labels
+        self.classifier = centroid_classifier(features, labels, ctx.device) if result.num_clusters > 0 else None
+        figures = {"unclustered": int((labels < 0).sum())}
+        if self.proxies.enabled and result.num_clusters > 0:
+            cameras = np.array([s.camid for s in ctx.target_samples])
+            figures.update(self.proxies.rebuild([features], labels, cameras, ctx.device))
+        return EpochLabels(labels, figures)
+
+    def head_parameters(self) -> list[nn.Parameter]:
+        return [] if self.classifier is None else list(self.classifier.parameters())
+
+    def training_step(self, ctx: AdaptContext, batch: dict[str, dict[str, torch.Tensor]]) -> StepOutput:
+        o = self.options
+        images = batch["target"]["image"].to(ctx.device, non_blocking=True)
+        labels = batch["target"]["label"].to(ctx.device)
+        output = ctx.model(images)
+        losses = {
+            "loss_id": o.id_loss_weight
+            * F.cross_entropy(self.classifier(output.features), labels, label_smoothing=o.label_smoothing),
+            "loss_triplet": o.triplet_loss_weight
+            * batch_hard_triplet_loss(output.pooled, labels, margin=o.triplet_margin),
+        }
+        if self.proxies.enabled:
+            cameras = batch["target"]["camid"].to(ctx.device)
+            losses["loss_camera"] = self.proxies.loss([output.features], labels, cameras, ctx.epoch)
+        return StepOutput(losses, output.features)
+
+    def after_step(self, ctx: AdaptContext) -> None:
+        self.proxies.after_step()

@@ -1,0 +1,130 @@
+"""PPLR (Cho et al., CVPR 2022): part-based pseudo-label refinement, optionally with camera proxies.
+
+Each epoch: global and part features in one pass -> the loop clusters the global ones (outliers
+sit the epoch out) -> the cross-agreement C (``N×P``) of every image's global and part neighbour
+lists, reusing the clustering stage's global kNN -> classifiers re-initialised from the cluster
+centroids of each feature. Losses: PGLR on the global classifier (labels refined by the part
+predictions), AALS on the part classifiers (plain label smoothing for the first epochs), the
+soft-margin batch-hard triplet on the global neck feature and, with ``camera_proxies``, the
+inter-camera loss over the global and part proxies. Facts: METHODS.md §4-5.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..clustering import ClusterResult, knn_search
+from ..clustering.agreement import cross_agreement
+from ..engine.part_features import extract_part_features
+from ..errors import ConfigError
+from ..losses import batch_hard_triplet_loss
+from ..losses.pplr import part_identity_loss, pglr_loss, pglr_targets
+from ..models.part_model import PartReidModel, part_model_to_plain
+from .base import METHODS, AdaptContext, EpochLabels, Method, StepOutput
+from .camera_aware import CameraAwareProxies, check_camera_options
+
+
+@dataclass
+class PplrOptions:
+    num_parts: int = 3
+    agreement_k: int = 20  # neighbours compared by the cross-agreement score (self excluded)
+    beta: float = 0.5  # PGLR: weight of the pseudo-label against the part predictions
+    aals_warmup_epochs: int = 5  # plain label smoothing for the parts before AALS
+    warmup_epsilon: float = 0.1
+    triplet_margin: float = 0.0  # 0: soft margin
+    camera_proxies: str = "off"  # off | pplr | cap  (--camera-proxies)
+    camera_weight: float = 0.5  # λcam (1.0 for MSMT17)
+    camera_temperature: float = 0.07
+    camera_hard_negatives: int = 50
+    camera_inter_start_epoch: int = 5  # cap mode: inter-camera loss from this epoch
+
+
+@METHODS.register("pplr")
+class PPLR(Method):
+    Options = PplrOptions
+
+    def __init__(self, config) -> None:
+        super().__init__(config)
+        o = self.options
+        check_camera_options(o.camera_proxies)
+        if o.num_parts < 1 or o.agreement_k < 1 or not 0.0 <= o.beta <= 1.0:
+            raise ConfigError(
+                f"method_options: pplr needs num_parts >= 1, agreement_k >= 1 and beta in [0, 1]; got "
+                f"{o.num_parts}, {o.agreement_k}, {o.beta}"
+            )
+        self.proxies = CameraAwareProxies(
+            o.camera_proxies, weight=o.camera_weight, temperature=o.camera_temperature,
+            num_hard_negatives=o.camera_hard_negatives, inter_start_epoch=o.camera_inter_start_epoch,
+        )
+        self.part_features: torch.Tensor | None = None  # P×N×C of this epoch
+        self.agreement: torch.Tensor | None = None  # N×P on the device
+        self._model: PartReidModel | None = None  # holds this epoch's classifiers
+
+    def prepare_model(self, model: nn.Module) -> nn.Module:
+        return PartReidModel.from_reid_model(model, num_parts=self.options.num_parts)
+
+    def target_features(self, ctx: AdaptContext) -> torch.Tensor:
+        global_features, self.part_features = extract_part_features(
+            _part_model(ctx.model), ctx.target_samples, self.config.data, device=ctx.device,
+            progress=ctx.progress, desc="global and part features",
+        )
+        return global_features
+
+    def on_clusters(self, result: ClusterResult, features: torch.Tensor, ctx: AdaptContext) -> EpochLabels:
+        k = self.options.agreement_k
+        neighbors = result.neighbors
+        if neighbors is None or neighbors.indices.shape[1] < k + 1:  # K-means, or k1 <= k
+            neighbors = knn_search(features, k + 1, knn=self.config.clustering.knn)
+        agreement = cross_agreement(neighbors.indices, self.part_features, k, knn=self.config.clustering.knn)
+        self.agreement = torch.from_numpy(agreement).to(ctx.device)
+        labels = result.labels
+        self._model = _part_model(ctx.model)
+        self._model.reset_classifiers_from_clusters(features, self.part_features, labels)
+        figures = {
+            "unclustered": int((labels < 0).sum()),
+            "agreement_mean": round(float(agreement.mean()), 4),
+            **{f"agreement_part{p}": round(float(agreement[:, p].mean()), 4) for p in range(agreement.shape[1])},
+        }
+        if self.proxies.enabled and result.num_clusters > 0:
+            cameras = np.array([s.camid for s in ctx.target_samples])
+            spaces = [features, *self.part_features]
+            figures.update(self.proxies.rebuild(spaces, labels, cameras, ctx.device))
+        return EpochLabels(labels, figures, scores={"agreement": agreement})
+
+    def head_parameters(self) -> list[nn.Parameter]:
+        return [] if self._model is None else self._model.classifier_parameters()
+
+    def training_step(self, ctx: AdaptContext, batch: dict[str, dict[str, torch.Tensor]]) -> StepOutput:
+        o = self.options
+        target = batch["target"]
+        images = target["image"].to(ctx.device, non_blocking=True)
+        labels = target["label"].to(ctx.device)
+        agreement = self.agreement[target["index"].to(ctx.device)]
+        out = ctx.model(images)
+        targets = pglr_targets(labels, out.part_logits, agreement, beta=o.beta)
+        losses = {
+            "loss_pglr": pglr_loss(out.logits, targets),
+            "loss_aals": part_identity_loss(out.part_logits, labels, agreement,
+                                            warmup=ctx.epoch < o.aals_warmup_epochs, epsilon=o.warmup_epsilon),
+            "loss_triplet": batch_hard_triplet_loss(out.features, labels, margin=o.triplet_margin),
+        }
+        if self.proxies.enabled:
+            cameras = target["camid"].to(ctx.device)
+            losses["loss_camera"] = self.proxies.loss([out.features, *out.part_features], labels, cameras, ctx.epoch)
+        return StepOutput(losses, out.features)
+
+    def after_step(self, ctx: AdaptContext) -> None:
+        self.proxies.after_step()
+
+    def export_state_dict(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        return part_model_to_plain(model.state_dict(), drop_classifier=True)
+
+
+def _part_model(model: nn.Module) -> PartReidModel:
+    if not isinstance(model, PartReidModel):
+        raise TypeError(f"PPLR trains a PartReidModel (prepare_model), got {type(model).__name__}")
+    return model
