@@ -47,21 +47,26 @@ def _pick(summary: dict, key: str) -> dict:
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("runs/bench_synthetic_uda"), show_default=True)
 @click.option("--runs", "selected", default=",".join(RUNS), show_default=True, help="Comma-separated subset of the runs.")
 @click.option("--reuse", is_flag=True, help="Keep runs (and the source model) already finished in --out.")
+@click.option("--seed", type=int, default=None, help="Seed of the adaptation runs (default: the recipes'); the source model keeps its own.")
+@click.option("--source-model", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+              help="Start every run from this checkpoint instead of training the source stage.")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--quiet", is_flag=True)
-def main(data_root: Path | None, out: Path, selected: str, reuse: bool, device: str, quiet: bool) -> None:
+def main(data_root: Path | None, out: Path, selected: str, reuse: bool, seed: int | None, source_model: Path | None,
+         device: str, quiet: bool) -> None:
     names = [name.strip() for name in selected.split(",") if name.strip()]
     unknown = sorted(set(names) - set(RUNS))
     if unknown:
         raise click.BadParameter(f"unknown run(s) {', '.join(unknown)}; known: {', '.join(RUNS)}", param_hint="--runs")
-    figures: dict[str, Any] = {"seconds": {}}
+    figures: dict[str, Any] = {"seed": seed, "seconds": {}}
 
     source_config = apply_overrides(load_recipe(find_recipe("spcl_synthx_to_synthm")), {"device": device})
-    source_model = out / "source" / "best.pt"
-    if not (reuse and source_model.exists()):
-        started = time.perf_counter()
-        train_supervised(source_stage_config(source_config), out / "source", data_root=data_root, progress=not quiet)
-        figures["seconds"]["source_stage"] = round(time.perf_counter() - started, 1)
+    if source_model is None:
+        source_model = out / "source" / "best.pt"
+        if not (reuse and source_model.exists()):
+            started = time.perf_counter()
+            train_supervised(source_stage_config(source_config), out / "source", data_root=data_root, progress=not quiet)
+            figures["seconds"]["source_stage"] = round(time.perf_counter() - started, 1)
 
     for name in names:
         recipe, overrides = RUNS[name]
@@ -71,6 +76,8 @@ def main(data_root: Path | None, out: Path, selected: str, reuse: bool, device: 
         else:
             config = apply_overrides(load_recipe(find_recipe(recipe)),
                                      {"device": device, "model.init": str(source_model), **overrides})
+            if seed is not None:
+                config = apply_overrides(config, {"seed": seed})
             started = time.perf_counter()
             summary = adapt(config, run_dir, data_root=data_root, progress=not quiet)
             figures["seconds"][name] = round(time.perf_counter() - started, 1)

@@ -3,6 +3,10 @@
 Each command is a thin layer: parse options, build a ``RunConfig`` (recipe, then flags), call
 the library. Errors caused by user input (``UdaReidError``) are printed as one clear line, not
 as a traceback.
+
+``train``, ``adapt`` and ``usl`` also run under torchrun (``torchrun --nproc_per_node=G -m
+uda_reid.cli adapt ...``): each process joins the process group once, runs the command, and
+only rank 0 prints and writes.
 """
 
 from __future__ import annotations
@@ -98,6 +102,7 @@ def _prepare_run_dir(out: Path, resume: bool) -> None:
 def train(dataset, recipe, data_root, out, init, arch, epochs, eval_on, device, seed, resume, set_options, quiet):
     """Supervised training (ID + triplet) on a labelled dataset; stage 1 of UDA."""
     from .config import recipes_dir
+    from .engine.distributed import distributed_session
     from .engine.supervised import train_supervised
 
     if recipe is None:
@@ -109,8 +114,11 @@ def train(dataset, recipe, data_root, out, init, arch, epochs, eval_on, device, 
     }
     config = _resolve_config(recipe, overrides, set_options)
     out = out or Path("runs") / f"train_{dataset}"
-    _prepare_run_dir(out, resume)
-    summary = train_supervised(config, out, data_root=data_root, resume=resume, progress=not quiet)
+    with distributed_session(config.device) as dist:
+        _prepare_run_dir(out, resume)
+        summary = train_supervised(config, out, data_root=data_root, resume=resume, progress=not quiet, dist=dist)
+        if not dist.is_main:
+            return
     click.echo(f"run folder: {out}")
     for name, figures in summary["final"].items():
         click.echo(f"{name:>12}: " + "  ".join(f"{k} {v:5.1f}" for k, v in figures.items()))
@@ -163,6 +171,7 @@ def _default_adapt_recipe(method: str, source: str | None, target: str, *, camer
 def _run_adaptation(source, target, method, recipe, data_root, out, init, arch, clusterer, gds, gds_hard,
                     camera_proxies, epochs, eval_on, device, seed, resume, set_options, quiet):
     from .data.datasets import canonical_name
+    from .engine.distributed import distributed_session
     from .engine.loop import adapt as run_adaptation
 
     source = canonical_name(source) if source else None
@@ -188,14 +197,18 @@ def _run_adaptation(source, target, method, recipe, data_root, out, init, arch, 
     if source is None:
         config = apply_overrides(config, {"source": None})
     label = config.adapt.method
-    if config.method_options.get("camera_proxies", "off") != "off":
-        label += f"_{config.method_options['camera_proxies']}"
+    cameras = config.method_options.get("camera_proxies", "off")
+    if cameras != "off":  # run folders named like the recipes: pplr_cam_usl_market1501
+        label += "_cam" if cameras == "pplr" else f"_{cameras}"
     if config.gds.enabled or config.gds.hard_mining:
         label += "_gdsh" if config.gds.hard_mining else "_gds"
     name = f"{label}_{source}_to_{target}" if source else f"{label}_usl_{target}"
     out = out or Path("runs") / name
-    _prepare_run_dir(out, resume)
-    summary = run_adaptation(config, out, data_root=data_root, resume=resume, progress=not quiet)
+    with distributed_session(config.device) as dist:
+        _prepare_run_dir(out, resume)
+        summary = run_adaptation(config, out, data_root=data_root, resume=resume, progress=not quiet, dist=dist)
+        if not dist.is_main:
+            return
     click.echo(f"run folder: {out}")
     direct, last = summary["direct_transfer"], summary["last"]
     click.echo(f"{'initial':>10}: mAP {direct.get('mAP', float('nan')):5.1f}  rank1 {direct.get('rank1', float('nan')):5.1f}")

@@ -88,6 +88,10 @@ class TrainConfig:
     id_loss_weight: float = 1.0
     triplet_loss_weight: float = 1.0
     eval_every: int = 10
+    # BatchNorm statistics over this many contiguous groups of the (global) batch, as adapt.bn_groups.
+    bn_groups: int = 1
+    # Under torchrun: SyncBatchNorm, statistics over the whole global batch (GPUs only); needs bn_groups 1.
+    sync_bn: bool = False
 
 
 @dataclass
@@ -115,7 +119,12 @@ class AdaptConfig:
     # (GDS's baseline trains 70 epochs on each round's pseudo-labels)
     passes_per_epoch: float = 0.0
     eval_every: int = 10
-    bn_groups: int = 1  # >1: BN statistics over fixed groups of the batch (multi-GPU reproduction)
+    # BatchNorm statistics over this many contiguous groups of the global batch (4: the published
+    # 4-GPU DataParallel runs), on any number of processes: G processes (torchrun) compute
+    # bn_groups / G groups each, so bn_groups must be a multiple of G.
+    bn_groups: int = 1
+    # Under torchrun: SyncBatchNorm, statistics over the whole global batch (GPUs only); needs bn_groups 1.
+    sync_bn: bool = False
     # > 0: first train a supervised model on the source for this many epochs (with ``train`` and
     # ``optim`` settings) and start adaptation from it, unless model.init is given.
     source_pretrain_epochs: int = 0

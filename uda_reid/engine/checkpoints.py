@@ -9,8 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..config import RunConfig, config_to_dict
-from ..errors import CheckpointError
+from ..config import RunConfig, config_from_dict, config_to_dict
+from ..errors import CheckpointError, ConfigError
 from ..fileio import atomic_torch_save, safe_torch_load
 
 FORMAT = "uda_reid"
@@ -40,7 +40,7 @@ def load_checkpoint(path: str | Path, expect_config: RunConfig | None = None) ->
             f"{path} has checkpoint version {payload.get('version')}; this uda_reid reads version {VERSION}"
         )
     if expect_config is not None:
-        differences = config_differences(payload["config"], config_to_dict(expect_config))
+        differences = config_differences(_with_defaults(payload["config"]), config_to_dict(expect_config))
         differences = [d for d in differences if d[0] not in _RESUMABLE_DIFFERENCES]
         if differences:
             shown = "; ".join(f"{key}: checkpoint {old!r}, now {new!r}" for key, old, new in differences[:8])
@@ -49,6 +49,18 @@ def load_checkpoint(path: str | Path, expect_config: RunConfig | None = None) ->
                 f"Use a new --out folder, or the same recipe and options as the interrupted run"
             )
     return payload
+
+
+def _with_defaults(saved: dict[str, Any]) -> dict[str, Any]:
+    """A saved config with the keys added to ``RunConfig`` since then at their defaults.
+
+    A key introduced later (say ``adapt.sync_bn``) is then not a difference from a run that
+    leaves it at its default. A saved config that no longer parses is compared as it is.
+    """
+    try:
+        return config_to_dict(config_from_dict(saved))
+    except ConfigError:
+        return saved
 
 
 def config_differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[tuple[str, Any, Any]]:

@@ -13,7 +13,9 @@ import numpy as np
 
 from ..fileio import atomic_path
 
-BINS = 20
+# Coarse on purpose: scores such as PPLR's agreement (|A∩B| / |A∪B| of 20-NN lists) take few distinct
+# values, and finer bins show their gaps instead of the distribution.
+BINS = 10
 
 
 def epoch_record_path(run_dir: str | Path, epoch: int) -> Path:
@@ -64,7 +66,7 @@ def plot_score_distributions(run_dir: str | Path) -> list[Path]:
                 data = values if values.ndim == 1 else values[:, column]
                 counts, _ = np.histogram(data, edges)
                 ax.plot((edges[:-1] + edges[1:]) / 2, counts, color=colour, label=f"epoch {epoch} (mean {data.mean():.2f})")
-            ax.set_title(key.removeprefix("score_") + (f" [{column}]" if columns > 1 else ""), fontsize=9)
+            ax.set_title(key.removeprefix("score_") + (f", column {column + 1} of {columns}" if columns > 1 else ""), fontsize=9)
             ax.set_xlabel("score")
             ax.set_ylabel("images")
         axes[0][-1].legend(fontsize=6)

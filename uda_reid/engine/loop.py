@@ -6,6 +6,10 @@ labels -> ``adapt.iters_per_epoch`` training steps with the method's losses -> e
 evaluates the initial model: the direct-transfer figure adaptation is measured against.
 
 The loop knows no method by name: everything method-specific goes through ``methods.base.Method``.
+
+Under torchrun (``engine.distributed``) every process runs this loop: features are extracted in
+shares and gathered, rank 0 clusters and every rank receives its result, each rank trains on its
+slice of the same global batches with a DDP model, and only rank 0 writes files.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ from ..methods import AdaptContext, Method, build_method
 from ..models.batchnorm import convert_to_grouped_bn
 from ..models.factory import build_model
 from .checkpoints import load_checkpoint, save_checkpoint
-from .device import resolve_device
+from .distributed import DistributedContext, bn_groups_per_process, init_distributed, unwrap_model
 from .epoch_records import plot_score_distributions, save_epoch_record
 from .features import extract_features
 from .optim import build_optimizer, build_scheduler
@@ -72,7 +76,11 @@ def _iterate_forever(loader: DataLoader, sampler: IdentitySampler, first_pass: i
 
 
 class AdaptationLoop:
-    """One adaptation run in ``run_dir``; ``run()`` returns the summary (also ``summary.json``)."""
+    """One adaptation run in ``run_dir``; ``run()`` returns the summary (also ``summary.json``).
+
+    ``dist``: this process's place in a torchrun run (``engine.distributed``); by default it is read
+    from the environment (a single process without torchrun).
+    """
 
     def __init__(
         self,
@@ -82,6 +90,7 @@ class AdaptationLoop:
         data_root: str | Path | None = None,
         resume: bool = False,
         progress: bool = True,
+        dist: DistributedContext | None = None,
     ) -> None:
         if config.target is None:
             raise ConfigError("adaptation needs a target dataset (--target for adapt, --dataset for usl)")
@@ -89,13 +98,17 @@ class AdaptationLoop:
         self.run_dir = Path(run_dir)
         self.data_root = data_root
         self.resume = resume
-        self.progress = progress
-        self.device = resolve_device(config.device)
+        self.dist = dist if dist is not None else init_distributed(config.device)
+        self.progress = progress and self.dist.is_main
+        self.device = self.dist.device
         self.method: Method = build_method(config)  # checks method and options before any work
         update_dataclass(config.optim, config.adapt.source_optim, "adapt.source_optim")  # named before any work
+        check_batch_split(config, self.dist.world_size)
+        if config.source and config.adapt.source_pretrain_epochs > 0 and not config.model.init:  # the source stage's
+            bn_groups_per_process(config.train.bn_groups, self.dist.world_size, sync_bn=config.train.sync_bn, section="train")
         gds_on = config.gds.enabled or config.gds.hard_mining
         self.gds = GlobalDistanceSeparation(config.gds).to(self.device) if gds_on else None
-        self.log = RunLog(self.run_dir, resume=resume)
+        self.log = RunLog(self.run_dir, resume=resume, writes=self.dist.is_main)
 
     # ------------------------------------------------------------------ set-up
     def _load(self) -> tuple[ReidDataset | None, ReidDataset]:
@@ -113,17 +126,19 @@ class AdaptationLoop:
             return config.model
         source_dir = self.run_dir / "source_pretrain"
         best = source_dir / "best.pt"
-        if not best.exists():
+        if self.dist.broadcast_object(not best.exists()):  # rank 0's view of the (shared) run folder
             self.log.info(f"source stage: supervised training on {config.source} -> {source_dir}")
+            resume = self.dist.broadcast_object((source_dir / "last.pt").exists())
             train_supervised(source_stage_config(config), source_dir, data_root=self.data_root, progress=self.progress,
-                             resume=(source_dir / "last.pt").exists())
+                             resume=resume, dist=self.dist)
         return dataclasses.replace(config.model, init=str(best))
 
     # ------------------------------------------------------------------ run
     def run(self) -> dict[str, Any]:
-        config = self.config
+        config, dist = self.config, self.dist
         seed_everything(config.seed)
-        save_config(config, self.run_dir / "config.yaml")
+        if dist.is_main:
+            save_config(config, self.run_dir / "config.yaml")
         source, target = self._load()
         target_samples = self._samples(target.train)
         source_samples = self._samples(source.train) if source is not None else None
@@ -134,9 +149,20 @@ class AdaptationLoop:
         else:
             self.log.info("initial weights: random (no model.init); the paper recipes expect --init imagenet:PATH")
         model = self.method.prepare_model(model)
-        if config.adapt.bn_groups > 1:
-            model = convert_to_grouped_bn(model, config.adapt.bn_groups)
+        # adapt.bn_groups counts groups of the global batch: each process computes its share of them.
+        local_groups = bn_groups_per_process(config.adapt.bn_groups, dist.world_size, sync_bn=config.adapt.sync_bn)
+        if local_groups > 1:
+            model = convert_to_grouped_bn(model, local_groups)
         model.to(self.device)
+        # DDP when there are several processes; ``network`` is the model inside (state, evaluation).
+        model = dist.wrap_model(model, sync_bn=config.adapt.sync_bn)
+        network = unwrap_model(model)
+        if dist.is_distributed:
+            statistics = ("the whole batch (SyncBatchNorm)" if config.adapt.sync_bn else
+                          f"{config.adapt.bn_groups} groups of {config.data.batch_size // config.adapt.bn_groups} images")
+            self.log.info(f"{dist.world_size} processes ({dist.backend}): each trains on "
+                          f"{config.data.batch_size // dist.world_size} images of every batch of {config.data.batch_size}; "
+                          f"BatchNorm statistics over {statistics}")
         optimizer = build_optimizer(model, config.optim)
         # Group 1 holds the method's per-epoch heads (classifiers from centroids), empty between epochs.
         optimizer.add_param_group({"params": [], "name": "heads"})
@@ -149,12 +175,15 @@ class AdaptationLoop:
             source_samples=source_samples,
             num_source_classes=source.num_train_ids if source is not None else 0,
             progress=self.progress,
+            dist=dist,
         )
 
         start_epoch, best_map, state = 0, -1.0, None
         if self.resume:
             state = load_checkpoint(self.run_dir / "last.pt", expect_config=config)
-            model.load_state_dict(state["train_state"]["model"])
+            rng_states = rank_rng_states(state["train_state"], dist.world_size)
+            # Into the module inside DDP: a PPLR model re-creates its heads there, outside DDP.
+            network.load_state_dict(state["train_state"]["model"])
             optimizer.load_state_dict(state["train_state"]["optimizer"])
             scheduler.load_state_dict(state["train_state"]["scheduler"])
             start_epoch, best_map = state["epoch"] + 1, state["best_mAP"]
@@ -164,12 +193,19 @@ class AdaptationLoop:
         if state is not None:
             if self.gds is not None:
                 self.gds.load_state_dict(state["train_state"]["gds"])
-            _set_rng_state(state["train_state"]["rng"])
+            if rng_states is not None:
+                _set_rng_state(rng_states[dist.rank])
+            else:
+                dist.seed_rank_streams(config.seed + start_epoch)
+                self.log.info(f"{self.run_dir / 'last.pt'} was written by {len(state['train_state']['rng'])} process(es), "
+                              f"this run has {dist.world_size}: same training, but the random streams (augmentation) "
+                              f"were re-seeded, so the draws differ from an uninterrupted run")
         else:
-            figures = self._evaluate(model, target)
+            dist.seed_rank_streams(config.seed)
+            figures = self._evaluate(network, target)
             best_map = figures["mAP"]
             self.log.append({"epoch": 0, **figures})
-            self._save("best.pt", model, optimizer, scheduler, -1, best_map)
+            self._save("best.pt", network, optimizer, scheduler, -1, best_map)
 
         source_loader = self._source_loader(source_samples, start_epoch) if self.method.uses_source_batches else None
         last_figures: dict[str, float] = {}
@@ -179,9 +215,11 @@ class AdaptationLoop:
             ctx.epoch = epoch
             features = self.method.target_features(ctx)
             if features is None:
-                features = extract_features(model, target_samples, config.data, device=self.device,
-                                            progress=self.progress, desc="target features")
-            result = cluster_stage(
+                features = extract_features(network, target_samples, config.data, device=self.device,
+                                            progress=self.progress, desc="target features", dist=dist)
+            # Once, on rank 0; every rank gets the same result and refines it identically.
+            result = dist.on_main(
+                cluster_stage,
                 features,
                 clusterer=config.clustering.clusterer,
                 clusterer_options=clusterer_options(config),
@@ -197,30 +235,39 @@ class AdaptationLoop:
             elif result.num_clusters == 1 and result.num_outliers == 0:
                 self.log.info(f"epoch {epoch + 1}: all target images fell into one cluster")
             epoch_labels = self.method.on_clusters(result, features, ctx)
+            if dist.is_distributed:
+                checksum = dist.check_identical(
+                    f"the pseudo-labels and clustered features of epoch {epoch + 1}",
+                    result.labels, epoch_labels.labels, features,
+                )
+                self.log.info(f"epoch {epoch + 1}: pseudo-labels identical on all {dist.world_size} processes "
+                              f"(checksum {checksum})")
             row.update(epoch_labels.figures)
-            save_epoch_record(self.run_dir, epoch + 1, cluster_labels=result.labels,
-                              training_labels=epoch_labels.labels, scores=epoch_labels.scores)
-            if epoch_labels.scores:
-                plot_score_distributions(self.run_dir)
+            if dist.is_main:
+                save_epoch_record(self.run_dir, epoch + 1, cluster_labels=result.labels,
+                                  training_labels=epoch_labels.labels, scores=epoch_labels.scores)
+                if epoch_labels.scores:
+                    plot_score_distributions(self.run_dir)
             _set_head_parameters(optimizer, self.method.head_parameters())
             row.update(self._train_epoch(ctx, optimizer, epoch, epoch_labels.labels, source_loader))
             _set_head_parameters(optimizer, [])  # next epoch's heads start afresh; checkpoints stay shape-free
+            dist.sync_buffers_from_main(network)  # BN running statistics: rank 0's, as group 0's in one process
             if self.gds is not None:
                 row.update(self.gds.figures())
             row["lr"] = optimizer.param_groups[0]["lr"]
             scheduler.step()
             due = config.adapt.eval_every > 0 and (epoch + 1) % config.adapt.eval_every == 0
             if due or epoch + 1 == config.adapt.epochs:
-                last_figures = self._evaluate(model, target)
+                last_figures = self._evaluate(network, target)
                 row.update(last_figures)
                 if last_figures["mAP"] > best_map:
                     best_map = last_figures["mAP"]
-                    self._save("best.pt", model, optimizer, scheduler, epoch, best_map)
+                    self._save("best.pt", network, optimizer, scheduler, epoch, best_map)
             row["epoch_seconds"] = round(time.perf_counter() - started, 2)
-            self._save("last.pt", model, optimizer, scheduler, epoch, best_map)
+            self._save("last.pt", network, optimizer, scheduler, epoch, best_map)
             self.log.append(row)
 
-        return self._finish(model, target, best_map, last_figures)
+        return self._finish(network, target, best_map, last_figures)
 
     # ------------------------------------------------------------------ pieces
     def _source_loader(self, samples: list[Sample], first_pass: int) -> Iterator[dict]:
@@ -228,13 +275,15 @@ class AdaptationLoop:
             [s.pid for s in samples], cameras=[s.camid for s in samples],
             batch_size=self.config.data.batch_size, num_instances=self.config.data.num_instances,
             num_batches=self.config.adapt.iters_per_epoch, seed=self.config.seed + 1,
+            num_replicas=self.dist.world_size, rank=self.dist.rank,
         )
         return _iterate_forever(self._loader(samples, sampler), sampler, first_pass)
 
     def _loader(self, samples: list[Sample], sampler: IdentitySampler, labels=None) -> DataLoader:
+        """This process's slices of the sampler's global batches."""
         return DataLoader(
             ImageDataset(samples, build_train_transform(self.config.data), labels=labels),
-            batch_size=self.config.data.batch_size,
+            batch_size=self.config.data.batch_size // self.dist.world_size,
             sampler=sampler,
             num_workers=self.config.data.workers,
             drop_last=True,
@@ -252,7 +301,7 @@ class AdaptationLoop:
         sampler = IdentitySampler(
             labels, cameras=[s.camid for s in ctx.target_samples],
             batch_size=config.data.batch_size, num_instances=config.data.num_instances,
-            num_batches=iterations, seed=config.seed,
+            num_batches=iterations, seed=config.seed, num_replicas=self.dist.world_size, rank=self.dist.rank,
         )
         sampler.set_epoch(epoch)
         loader = self._loader(ctx.target_samples, sampler, labels=labels)
@@ -265,47 +314,56 @@ class AdaptationLoop:
                 batch["source"] = next(source_loader)
             step = self.method.training_step(ctx, batch)
             losses = dict(step.losses)
-            if self.gds is not None:
-                losses.update(self.gds(step.target_features, batch["target"]["label"]))
+            if self.gds is not None:  # statistics of the global batch, updated alike on every rank
+                labels = batch["target"]["label"].to(step.target_features.device)
+                losses.update(self.gds(self.dist.gather_batch(step.target_features), self.dist.gather_batch(labels)))
             loss = sum(losses.values())
-            if not math.isfinite(loss.item()):
-                named = ", ".join(f"{k} {v.item():.4g}" for k, v in losses.items())
+            # The global batch's figures: the mean over ranks of their slices' (equal-size) losses.
+            values = dict(zip(["loss", *losses], self.dist.mean(torch.stack([v.detach().float() for v in (loss, *losses.values())])).tolist()))
+            if not math.isfinite(values["loss"]):  # the same decision on every rank
+                named = ", ".join(f"{k} {v:.4g}" for k, v in values.items() if k != "loss")
                 raise TrainingDivergedError(
-                    f"loss became {loss.item()} at epoch {epoch + 1}, iteration {iteration + 1} ({named}); stopped. "
+                    f"loss became {values['loss']} at epoch {epoch + 1}, iteration {iteration + 1} ({named}); stopped. "
                     f"The last good checkpoint {self.run_dir / 'last.pt'} is kept; try a lower optim.lr"
                 )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            self.dist.average_gradients(self.method.head_parameters())  # heads live outside DDP
             optimizer.step()
             self.method.after_step(ctx)
-            for key, value in {"loss": loss, **losses}.items():
-                totals[key] = totals.get(key, 0.0) + value.item()
-            bar.set_postfix(loss=f"{loss.item():.3f}")
+            for key, value in values.items():
+                totals[key] = totals.get(key, 0.0) + value
+            bar.set_postfix(loss=f"{values['loss']:.3f}")
         steps = max(1, len(loader))
         return {**{key: round(value / steps, 5) for key, value in totals.items()}, "iterations": len(loader)}
 
-    def _evaluate(self, model, target: ReidDataset) -> dict[str, float]:
-        return evaluate_model(model, target, self.config.data, device=self.device, progress=self.progress)
+    def _evaluate(self, network, target: ReidDataset) -> dict[str, float]:
+        return evaluate_model(network, target, self.config.data, device=self.device, progress=self.progress,
+                              dist=self.dist)
 
-    def _save(self, name: str, model, optimizer, scheduler, epoch: int, best_map: float) -> None:
+    def _save(self, name: str, network, optimizer, scheduler, epoch: int, best_map: float) -> None:
+        """Rank 0 writes (every rank calls: the random states of all ranks are gathered)."""
         # "model" is a plain ReidModel state dict (what evaluate / --init read); "train_state"
         # holds everything a resumed run needs to continue exactly.
-        save_checkpoint(
-            self.run_dir / name,
-            self.config,
-            epoch,
-            model=self.method.export_state_dict(model),
-            num_classes=0,
-            best_mAP=best_map,
-            train_state={
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "method": self.method.state_dict(),
-                "gds": self.gds.state_dict() if self.gds is not None else {},
-                "rng": _rng_state(),
-            },
-        )
+        rng_states = self.dist.all_gather_object(_rng_state())
+        if self.dist.is_main:
+            save_checkpoint(
+                self.run_dir / name,
+                self.config,
+                epoch,
+                model=self.method.export_state_dict(network),
+                num_classes=0,
+                best_mAP=best_map,
+                train_state={
+                    "model": network.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "method": self.method.state_dict(),
+                    "gds": self.gds.state_dict() if self.gds is not None else {},
+                    "rng": rng_states,  # one per rank, in rank order
+                },
+            )
+        self.dist.barrier()  # nobody reads a checkpoint before it is complete
 
     def _finish(self, model, target: ReidDataset, best_map: float, last: dict[str, float]) -> dict[str, Any]:
         rows = self.log.rows
@@ -320,10 +378,12 @@ class AdaptationLoop:
         for name in self.config.eval_datasets:
             other = load_dataset(name, self.data_root)
             summary.setdefault("also_evaluated", {})[other.name] = self._evaluate(model, other)
-        atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
-        if self.gds is not None:  # the pictures GDS explains itself with (any run: udareid plot-distances)
+        if self.dist.is_main:
+            atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+        if self.gds is not None and self.dist.is_main:  # the pictures GDS explains itself with (any run: udareid plot-distances)
             histograms = dataset_histograms(model, target, self.config.data, device=self.device, progress=self.progress)
             save_histograms(histograms, self.run_dir, title=f"{self.config.adapt.method} + GDS, last epoch, {target.name}")
+        self.dist.barrier()
         return summary
 
 
@@ -336,6 +396,37 @@ def source_stage_config(config: RunConfig) -> RunConfig:
         optim=update_dataclass(config.optim, config.adapt.source_optim, "adapt.source_optim"),
         train=dataclasses.replace(config.train, epochs=config.adapt.source_pretrain_epochs),
     )
+
+
+def check_batch_split(config: RunConfig, world_size: int) -> None:
+    """Refuse batch and BatchNorm settings the processes cannot split (slices of whole identities,
+    BatchNorm groups that are equal parts of the batch and a multiple of the processes)."""
+    data, adapt_config = config.data, config.adapt
+    if data.num_instances < 1 or data.batch_size % (data.num_instances * world_size):
+        raise ConfigError(
+            f"data.batch_size ({data.batch_size}) must be a multiple of data.num_instances ({data.num_instances}) "
+            f"× the number of processes ({world_size}) = {data.num_instances * world_size}, so that every "
+            f"process gets whole identities; change data.batch_size or the number of processes"
+        )
+    bn_groups_per_process(adapt_config.bn_groups, world_size, sync_bn=adapt_config.sync_bn)
+    if data.batch_size % adapt_config.bn_groups:
+        raise ConfigError(
+            f"adapt.bn_groups ({adapt_config.bn_groups}) must divide data.batch_size ({data.batch_size}): "
+            f"BatchNorm groups are equal parts of the batch"
+        )
+
+
+def rank_rng_states(train_state: dict[str, Any], world_size: int) -> list[dict[str, Any]] | None:
+    """The random states a checkpoint saved, one per rank, or None when another number of processes wrote it.
+
+    The number of processes is not part of the training (``bn_groups`` counts groups of the global
+    batch), so a run may resume on another number of GPUs; only the random streams (augmentation
+    draws) cannot be carried over then. Checkpoints written before the states were kept per rank
+    hold one dict.
+    """
+    states = train_state["rng"]
+    states = [states] if isinstance(states, dict) else list(states)
+    return states if len(states) == world_size else None
 
 
 def _set_head_parameters(optimizer: torch.optim.Optimizer, parameters: list[torch.nn.Parameter]) -> None:
@@ -369,5 +460,8 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 
 def adapt(config: RunConfig, run_dir: str | Path, **kwargs: Any) -> dict[str, Any]:
-    """Run (or with ``resume=True`` continue) an adaptation; see :class:`AdaptationLoop`."""
+    """Run (or with ``resume=True`` continue) an adaptation; see :class:`AdaptationLoop`.
+
+    Under torchrun, call it on every process (``dist=`` the context from ``init_distributed``).
+    """
     return AdaptationLoop(config, run_dir, **kwargs).run()

@@ -1,7 +1,8 @@
 """Per-epoch figures of a run: ``metrics.jsonl`` (machine-readable), ``metrics.png`` and ``log.txt``.
 
 Each write replaces the whole file atomically, so a killed run never leaves a torn line, and a
-resumed run can drop the rows it is about to redo.
+resumed run can drop the rows it is about to redo. In a run of several processes only rank 0's
+log writes (``writes=False`` elsewhere): the others keep their rows in memory and stay silent.
 """
 
 from __future__ import annotations
@@ -29,20 +30,28 @@ _PANELS = {
 
 
 class RunLog:
-    """Rows of figures, one per evaluation point or epoch, kept in ``run_dir``."""
+    """Rows of figures, one per evaluation point or epoch, kept in ``run_dir``.
 
-    def __init__(self, run_dir: str | Path, *, resume: bool = False) -> None:
+    ``writes=False`` (ranks other than 0): rows are kept in memory only, nothing is written or logged.
+    """
+
+    def __init__(self, run_dir: str | Path, *, resume: bool = False, writes: bool = True) -> None:
         self.run_dir = Path(run_dir)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.writes = writes
         self.metrics_path = self.run_dir / "metrics.jsonl"
         self.plot_path = self.run_dir / "metrics.png"
         self.rows: list[dict[str, Any]] = []
         if resume and self.metrics_path.exists():
             self.rows = [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line]
-        self.logger = _file_logger(self.run_dir / "log.txt")
+        self.logger: logging.Logger | None = None
+        if writes:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self.logger = _file_logger(self.run_dir / "log.txt")
 
     def append(self, row: dict[str, Any]) -> None:
         self.rows.append(row)
+        if not self.writes:
+            return
         lines = "".join(json.dumps(r, sort_keys=False) + "\n" for r in self.rows)
         atomic_write_text(self.metrics_path, lines)
         self.info(" ".join(f"{k}={_short(v)}" for k, v in row.items()))
@@ -51,10 +60,12 @@ class RunLog:
     def truncate_after(self, epoch: int) -> None:
         """Forget rows of epochs after ``epoch`` (a resumed run redoes them)."""
         self.rows = [r for r in self.rows if r.get("epoch", -1) <= epoch]
-        atomic_write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in self.rows))
+        if self.writes:
+            atomic_write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in self.rows))
 
     def info(self, message: str) -> None:
-        self.logger.info(message)
+        if self.logger is not None:
+            self.logger.info(message)
 
     def plot(self) -> None:
         panels = []

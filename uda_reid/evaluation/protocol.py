@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import torch
@@ -14,6 +14,9 @@ from ..data.datasets import ReidDataset
 from ..engine.features import extract_features
 from ..errors import DatasetLayoutError
 from .ranking import evaluate_ranking
+
+if TYPE_CHECKING:
+    from ..engine.distributed import DistributedContext
 
 
 def squared_euclidean(query: torch.Tensor, gallery: torch.Tensor) -> np.ndarray:
@@ -40,10 +43,13 @@ def evaluate_model(
     device: torch.device | None = None,
     progress: bool = True,
     rerank: Callable[[torch.Tensor, torch.Tensor], np.ndarray] | None = None,
+    dist: DistributedContext | None = None,
 ) -> dict[str, float]:
     """mAP and Rank-1/5/10 (percent) of ``model`` on ``dataset``'s query/gallery.
 
     ``rerank(query_feats, gallery_feats) -> Q×G distance`` replaces the plain distance when given.
+    With ``dist`` of several processes (call it on every one), the features are extracted in
+    shares, the Q×G ranking runs on rank 0 only and every process returns rank 0's figures.
     """
     if not dataset.query or not dataset.gallery:
         raise DatasetLayoutError(
@@ -51,8 +57,17 @@ def evaluate_model(
         )
     samples = list(dataset.query) + list(dataset.gallery)
     features = extract_features(
-        model, samples, data_config, device=device, progress=progress, desc=f"features {dataset.name}"
+        model, samples, data_config, device=device, progress=progress, desc=f"features {dataset.name}", dist=dist
     )
+    if dist is not None:
+        return dist.on_main(_ranking_figures, dataset, features, rerank)
+    return _ranking_figures(dataset, features, rerank)
+
+
+def _ranking_figures(
+    dataset: ReidDataset, features: torch.Tensor, rerank: Callable[[torch.Tensor, torch.Tensor], np.ndarray] | None
+) -> dict[str, float]:
+    """Figures of the query rows (first) against the gallery rows of ``features``."""
     query, gallery = features[: len(dataset.query)], features[len(dataset.query) :]
     distmat = rerank(query, gallery) if rerank is not None else squared_euclidean(query, gallery)
     result = evaluate_ranking(

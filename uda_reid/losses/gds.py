@@ -7,6 +7,10 @@ derives it), and the loss is computed on the updated statistics, so the batch's 
 gradient. ``L_GDS`` pushes the two means apart and makes both distributions sharp; the hard-mining
 term ``L_H`` acts on the pairs in the tails of the distributions. Facts and open choices: METHODS.md §3;
 every open choice is a field of :class:`~uda_reid.config.GdsConfig`.
+
+Under torchrun the loop hands the term the gathered global batch (features with their gradient),
+so every process folds the same pairs into the statistics: they stay identical without any
+exchange of the buffers, and equal to those of a single process on the same batches.
 """
 
 from __future__ import annotations

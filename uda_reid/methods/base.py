@@ -20,6 +20,7 @@ from torch import nn
 from ..clustering import ClusterResult
 from ..config import RunConfig, update_dataclass
 from ..data.datasets import Sample
+from ..engine.distributed import DistributedContext, unwrap_model
 from ..registry import Registry
 
 METHODS: Registry[type["Method"]] = Registry("method", "--method")
@@ -27,7 +28,12 @@ METHODS: Registry[type["Method"]] = Registry("method", "--method")
 
 @dataclass
 class AdaptContext:
-    """What the loop hands a method: the model, the device, the samples and run settings."""
+    """What the loop hands a method: the model, the device, the samples and run settings.
+
+    ``model`` is what training steps call (DDP-wrapped under torchrun); :attr:`unwrapped_model` is
+    the model itself, for its attributes, feature extraction and state. ``dist`` is the process
+    context: a trivial one in a single process, where all its collectives return their input.
+    """
 
     config: RunConfig
     model: nn.Module
@@ -37,6 +43,12 @@ class AdaptContext:
     num_source_classes: int
     progress: bool = True
     epoch: int = 0  # the epoch being prepared or trained, counted from 0
+    dist: DistributedContext = dataclasses.field(default_factory=DistributedContext)
+
+    @property
+    def unwrapped_model(self) -> nn.Module:
+        """The model inside the DDP wrapper (the model itself in a single process)."""
+        return unwrap_model(self.model)
 
 
 @dataclass
@@ -58,7 +70,8 @@ class StepOutput:
     """What one training step of a method computed.
 
     ``losses``: named loss tensors (summed by the loop). ``target_features``: the embedding of the
-    target batch (``N×D``, with gradients) that add-on terms act on, e.g. GDS with ``--gds``.
+    target batch (``N×D``, with gradients; this process's slice under torchrun) that add-on terms
+    act on, e.g. GDS with ``--gds``.
     """
 
     losses: dict[str, torch.Tensor]
@@ -72,7 +85,16 @@ class NoOptions:
 
 class Method(abc.ABC):
     """Hooks the loop calls, in this order: prepare_model, setup, then every epoch
-    target_features -> (clustering) -> on_clusters -> training_step/after_step × iterations."""
+    target_features -> (clustering) -> on_clusters -> training_step/after_step × iterations.
+
+    Under torchrun every process calls every hook. ``on_clusters`` must be deterministic (all
+    ranks get the same clustering and must derive the same labels and state; the loop checks the
+    labels). ``training_step`` sees this process's slice of the global batch: a mean of per-sample
+    terms can stay on the slice (DDP averages gradients), a loss that couples the samples of a
+    batch (batch-hard triplet, per-camera means) should be computed on ``ctx.dist.gather_batch``
+    of its inputs, and state updated from a batch (memories) from the gathered batch, so it stays
+    identical on every rank and equal to a single process's.
+    """
 
     #: dataclass of the method's options (recipe section ``method_options``); checked strictly.
     Options: type = NoOptions
@@ -99,7 +121,7 @@ class Method(abc.ABC):
         resuming, from ``state`` (what ``state_dict`` returned)."""
 
     def target_features(self, ctx: AdaptContext) -> torch.Tensor | None:
-        """Features to cluster this epoch (``N×D``); None lets the loop extract them."""
+        """Features to cluster this epoch (``N×D``, the same on every rank); None lets the loop extract them."""
         return None
 
     def cluster_max_distance(self) -> float | str | None:
@@ -114,7 +136,8 @@ class Method(abc.ABC):
     def head_parameters(self) -> list[nn.Parameter]:
         """Parameters the method re-creates in every ``on_clusters`` (classifiers initialised from
         cluster centroids). The loop trains them with the model's optimiser settings and a fresh
-        optimiser state each epoch."""
+        optimiser state each epoch; under torchrun they are outside DDP and the loop averages
+        their gradients over ranks."""
         return []
 
     @abc.abstractmethod

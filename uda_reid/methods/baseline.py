@@ -6,6 +6,9 @@ scores each image against its cluster instead of a random head) and trained with
 the BN-neck feature, plus the soft-margin batch-hard triplet loss on the pooled feature. Start it
 from a source-trained model (``adapt.source_pretrain_epochs`` or ``--init``); GDS adds its term with
 ``--gds`` / ``--gds-hard``. Facts: METHODS.md §3.
+
+Under torchrun the cross-entropy stays on each process's slice (the classifier's gradients are
+averaged by the loop); the batch-hard triplet and the camera losses see the gathered global batch.
 """
 
 from __future__ import annotations
@@ -77,15 +80,17 @@ class ClusteringBaseline(Method):
         images = batch["target"]["image"].to(ctx.device, non_blocking=True)
         labels = batch["target"]["label"].to(ctx.device)
         output = ctx.model(images)
+        gather = ctx.dist.gather_batch  # the global batch (the identity in one process)
+        batch_labels = gather(labels)
         losses = {
             "loss_id": o.id_loss_weight
             * F.cross_entropy(self.classifier(output.features), labels, label_smoothing=o.label_smoothing),
             "loss_triplet": o.triplet_loss_weight
-            * batch_hard_triplet_loss(output.pooled, labels, margin=o.triplet_margin),
+            * batch_hard_triplet_loss(gather(output.pooled), batch_labels, margin=o.triplet_margin),
         }
         if self.proxies.enabled:
-            cameras = batch["target"]["camid"].to(ctx.device)
-            losses["loss_camera"] = self.proxies.loss([output.features], labels, cameras, ctx.epoch)
+            cameras = gather(batch["target"]["camid"].to(ctx.device))
+            losses["loss_camera"] = self.proxies.loss([gather(output.features)], batch_labels, cameras, ctx.epoch)
         return StepOutput(losses, output.features)
 
     def after_step(self, ctx: AdaptContext) -> None:

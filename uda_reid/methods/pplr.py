@@ -7,6 +7,10 @@ centroids of each feature. Losses: PGLR on the global classifier (labels refined
 predictions), AALS on the part classifiers (plain label smoothing for the first epochs), the
 soft-margin batch-hard triplet on the global neck feature and, with ``camera_proxies``, the
 inter-camera loss over the global and part proxies. Facts: METHODS.md §4-5.
+
+Under torchrun the features are extracted in shares and gathered; PGLR and AALS stay on each
+process's slice (the classifiers' gradients are averaged by the loop); the triplet and camera
+losses see the gathered global batch.
 """
 
 from __future__ import annotations
@@ -68,10 +72,15 @@ class PPLR(Method):
         return PartReidModel.from_reid_model(model, num_parts=self.options.num_parts)
 
     def target_features(self, ctx: AdaptContext) -> torch.Tensor:
+        dist = ctx.dist
+        share = ctx.target_samples[dist.shard(len(ctx.target_samples))] if dist.is_distributed else ctx.target_samples
         global_features, self.part_features = extract_part_features(
-            _part_model(ctx.model), ctx.target_samples, self.config.data, device=ctx.device,
+            _part_model(ctx.unwrapped_model), share, self.config.data, device=ctx.device,
             progress=ctx.progress, desc="global and part features",
         )
+        if dist.is_distributed:  # every process's share, gathered in sample order (parts: along N of P×N×C)
+            self.part_features = dist.gather_rows(self.part_features.transpose(0, 1).contiguous()).transpose(0, 1).contiguous()
+            global_features = dist.gather_rows(global_features)
         return global_features
 
     def on_clusters(self, result: ClusterResult, features: torch.Tensor, ctx: AdaptContext) -> EpochLabels:
@@ -82,7 +91,7 @@ class PPLR(Method):
         agreement = cross_agreement(neighbors.indices, self.part_features, k, knn=self.config.clustering.knn)
         self.agreement = torch.from_numpy(agreement).to(ctx.device)
         labels = result.labels
-        self._model = _part_model(ctx.model)
+        self._model = _part_model(ctx.unwrapped_model)
         self._model.reset_classifiers_from_clusters(features, self.part_features, labels)
         figures = {
             "unclustered": int((labels < 0).sum()),
@@ -106,15 +115,18 @@ class PPLR(Method):
         agreement = self.agreement[target["index"].to(ctx.device)]
         out = ctx.model(images)
         targets = pglr_targets(labels, out.part_logits, agreement, beta=o.beta)
+        gather = ctx.dist.gather_batch  # the global batch (the identity in one process)
+        batch_labels = gather(labels)
         losses = {
             "loss_pglr": pglr_loss(out.logits, targets),
             "loss_aals": part_identity_loss(out.part_logits, labels, agreement,
                                             warmup=ctx.epoch < o.aals_warmup_epochs, epsilon=o.warmup_epsilon),
-            "loss_triplet": batch_hard_triplet_loss(out.features, labels, margin=o.triplet_margin),
+            "loss_triplet": batch_hard_triplet_loss(gather(out.features), batch_labels, margin=o.triplet_margin),
         }
         if self.proxies.enabled:
-            cameras = target["camid"].to(ctx.device)
-            losses["loss_camera"] = self.proxies.loss([out.features, *out.part_features], labels, cameras, ctx.epoch)
+            cameras = gather(target["camid"].to(ctx.device))
+            spaces = [gather(features) for features in (out.features, *out.part_features)]
+            losses["loss_camera"] = self.proxies.loss(spaces, batch_labels, cameras, ctx.epoch)
         return StepOutput(losses, out.features)
 
     def after_step(self, ctx: AdaptContext) -> None:

@@ -4,6 +4,10 @@ Losses: the unified contrastive loss of the hybrid memory on a target batch (and
 source batch; the model has domain-specific BN). Clustering runs on the memory's target rows;
 self-paced reliability keeps a point clustered only when its cluster is independent and compact,
 and returns the others to the memory as un-clustered instances. Facts: METHODS.md §2.
+
+Under torchrun each process computes the loss of its slice of the batch (a mean of per-sample
+terms, so DDP's gradient average is the global batch's), and every process applies the memory
+update of the whole global batch in its order, so the memories stay identical.
 """
 
 from __future__ import annotations
@@ -80,13 +84,14 @@ class SpCL(Method):
     def _initial_rows(self, ctx: AdaptContext) -> torch.Tensor:
         """Source class centroids (UDA) followed by every target image's feature."""
         rows = []
+        model = ctx.unwrapped_model
         if self.uda:
-            with bn_domain(ctx.model, "source"):  # a no-op without domain-specific BN
-                source = extract_features(ctx.model, ctx.source_samples, self.config.data, device=ctx.device,
-                                          progress=ctx.progress, desc="source features")
+            with bn_domain(model, "source"):  # a no-op without domain-specific BN
+                source = extract_features(model, ctx.source_samples, self.config.data, device=ctx.device,
+                                          progress=ctx.progress, desc="source features", dist=ctx.dist)
             rows.append(class_centroids(source, torch.tensor([s.pid for s in ctx.source_samples])))
-        rows.append(extract_features(ctx.model, ctx.target_samples, self.config.data, device=ctx.device,
-                                     progress=ctx.progress, desc="target features"))
+        rows.append(extract_features(model, ctx.target_samples, self.config.data, device=ctx.device,
+                                     progress=ctx.progress, desc="target features", dist=ctx.dist))
         return torch.cat(rows)
 
     def target_features(self, ctx: AdaptContext) -> torch.Tensor:
@@ -121,15 +126,16 @@ class SpCL(Method):
             with bn_domain(ctx.model, "source"):  # a no-op without domain-specific BN
                 features = ctx.model(images).features
             losses["loss_source"] = self.memory.loss(features, rows)
-            self._pending.append((features.detach(), rows))
+            self._pending.append((ctx.dist.gather_batch(features.detach()), ctx.dist.gather_batch(rows)))
         images = batch["target"]["image"].to(ctx.device, non_blocking=True)
         rows = batch["target"]["index"].to(ctx.device) + self.num_source_classes
         features = ctx.model(images).features
         losses["loss_target"] = self.memory.loss(features, rows)
-        self._pending.append((features.detach(), rows))
+        self._pending.append((ctx.dist.gather_batch(features.detach()), ctx.dist.gather_batch(rows)))
         return StepOutput(losses, features)
 
     def after_step(self, ctx: AdaptContext) -> None:
+        # The global batch in its order (source, then target): the update one process would make.
         for features, rows in self._pending:
             self.memory.update(features, rows)
         self._pending = []
