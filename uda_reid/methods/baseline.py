@@ -56,12 +56,8 @@ class ClusteringBaseline(Method):
 
     def __init__(self, config) -> None:
         super().__init__(config)
-        o = self.options
         self.classifier: nn.Linear | None = None
-        self.proxies = CameraAwareProxies(
-            o.camera_proxies, weight=o.camera_weight, temperature=o.camera_temperature,
-            num_hard_negatives=o.camera_hard_negatives, inter_start_epoch=o.camera_inter_start_epoch,
-        )
+        self.proxies = CameraAwareProxies.from_options(self.options)
 
     def on_clusters(self, result: ClusterResult, features: torch.Tensor, ctx: AdaptContext) -> EpochLabels:
         labels = result.labels

@@ -55,6 +55,14 @@ class CameraAwareProxies:
         self.banks: list[CameraProxies] = []
         self._pending: list[tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]] = []
 
+    @classmethod
+    def from_options(cls, options) -> CameraAwareProxies:
+        """From a method's options with the ``camera_*`` fields (baseline, PPLR)."""
+        return cls(
+            options.camera_proxies, weight=options.camera_weight, temperature=options.camera_temperature,
+            num_hard_negatives=options.camera_hard_negatives, inter_start_epoch=options.camera_inter_start_epoch,
+        )
+
     @property
     def enabled(self) -> bool:
         return self.mode != "off"

@@ -60,10 +60,7 @@ class PPLR(Method):
                 f"method_options: pplr needs num_parts >= 1, agreement_k >= 1 and beta in [0, 1]; got "
                 f"{o.num_parts}, {o.agreement_k}, {o.beta}"
             )
-        self.proxies = CameraAwareProxies(
-            o.camera_proxies, weight=o.camera_weight, temperature=o.camera_temperature,
-            num_hard_negatives=o.camera_hard_negatives, inter_start_epoch=o.camera_inter_start_epoch,
-        )
+        self.proxies = CameraAwareProxies.from_options(o)
         self.part_features: torch.Tensor | None = None  # P×N×C of this epoch
         self.agreement: torch.Tensor | None = None  # N×P on the device
         self._model: PartReidModel | None = None  # holds this epoch's classifiers
