@@ -1,17 +1,23 @@
-"""Synthetic UDA / USL benchmark, synthx -> synthm, as JSON: direct transfer against every method.
+"""Synthetic UDA / USL benchmark, synthx -> synthm, as JSON: direct transfer against every method, over seeds.
 
-    python benchmarks/synthetic_uda.py --out runs/bench_synthetic_uda [--data-root DIR] [--runs a,b] [--reuse]
+    python benchmarks/synthetic_uda.py --seeds 1,2,3 --out runs/bench_synthetic_uda [--runs a,b] [--reuse]
 
-One supervised source model (the recipes' shared source stage: ResNet-18 on synthx) is the starting
-point of every run: evaluated on synthm as is (direct transfer), adapted with SpCL (UDA), the
-clustering baseline, baseline + GDS, baseline + GDS-H and SpCL + GDS, and trained on synthm images
-alone (USL) with SpCL, the baseline, PPLR, and PPLR with PPLR's or CAP's camera-aware proxies. Prints mAP / Rank-1 of the last epoch, the best mAP, the gain over direct
-transfer and the wall time of each run. ``--reuse`` keeps runs whose folder already has a summary.
+For each seed, one supervised source model (the recipes' shared source stage: ResNet-18 on synthx,
+trained with that seed, or the one of ``--source-seed``) is the starting point of every run: evaluated
+on synthm as is (direct transfer), adapted with SpCL (UDA; with the seed's source model this is exactly
+``udareid adapt --source synthx --target synthm --seed S``), the clustering baseline (+ GDS / GDS-H),
+SpCL + GDS, and trained on synthm images alone (USL) with SpCL, the baseline, PPLR (+ PPLR's or CAP's
+camera-proxy losses), CAP and cluster-contrast.
+
+Prints, per run and seed, mAP / Rank-1 of the last epoch, the best mAP, the gain over the seed's direct
+transfer and the wall time; and per run the mean ± sample standard deviation (n − 1) over the seeds
+and the smallest gain. ``--reuse`` keeps runs whose folder already has a summary.
 """
 
 from __future__ import annotations
 
 import json
+import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -30,11 +36,13 @@ RUNS: dict[str, tuple[str, dict[str, Any]]] = {
     "baseline_gds": ("baseline_synthx_to_synthm", {"gds.enabled": True}),
     "baseline_gds_h": ("gds_synthx_to_synthm", {}),
     "spcl_gds": ("spcl_synthx_to_synthm", {"gds.enabled": True}),
-    # unsupervised on synthm from the same source model: the baseline against PPLR (+ camera proxies)
+    # unsupervised on synthm from the same source model
     "baseline_usl": ("baseline_usl_synthm", {}),
     "pplr_usl": ("pplr_usl_synthm", {}),
     "pplr_cam_usl": ("pplr_cam_usl_synthm", {}),
-    "pplr_cap_usl": ("pplr_usl_synthm", {"method_options.camera_proxies": "cap"}),
+    "pplr_cap_losses_usl": ("pplr_usl_synthm", {"method_options.camera_proxies": "cap"}),
+    "cap_usl": ("cap_usl_synthm", {}),
+    "cluster_contrast_usl": ("cluster_contrast_usl_synthm", {}),
 }
 
 
@@ -42,49 +50,77 @@ def _pick(summary: dict, key: str) -> dict:
     return {k: round(v, 2) for k, v in summary[key].items() if k in ("mAP", "rank1")}
 
 
+def _spread(values: list[float]) -> dict[str, float]:
+    mean = statistics.fmean(values)
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return {"mean": round(mean, 2), "std": round(std, 2)}
+
+
+def _source_model(out: Path, seed: int, data_root: Path | None, device: str, reuse: bool, quiet: bool,
+                  seconds: dict[str, float]) -> Path:
+    """The source stage of the synthetic recipes, trained with ``seed`` (once per seed)."""
+    model = out / f"source_seed{seed}" / "best.pt"
+    if not (reuse and model.exists()):
+        config = apply_overrides(load_recipe(find_recipe("spcl_synthx_to_synthm")), {"device": device, "seed": seed})
+        started = time.perf_counter()
+        train_supervised(source_stage_config(config), model.parent, data_root=data_root, progress=not quiet)
+        seconds[f"source_seed{seed}"] = round(time.perf_counter() - started, 1)
+    return model
+
+
 @click.command()
 @click.option("--data-root", type=click.Path(file_okay=False, path_type=Path), default=None)
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("runs/bench_synthetic_uda"), show_default=True)
 @click.option("--runs", "selected", default=",".join(RUNS), show_default=True, help="Comma-separated subset of the runs.")
-@click.option("--reuse", is_flag=True, help="Keep runs (and the source model) already finished in --out.")
-@click.option("--seed", type=int, default=None, help="Seed of the adaptation runs (default: the recipes'); the source model keeps its own.")
+@click.option("--seeds", default="1", show_default=True, help="Comma-separated seeds; each trains its own source model.")
+@click.option("--source-seed", type=int, default=None, help="Train one source model with this seed and start every seed's runs from it.")
 @click.option("--source-model", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
               help="Start every run from this checkpoint instead of training the source stage.")
+@click.option("--reuse", is_flag=True, help="Keep runs (and source models) already finished in --out.")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--quiet", is_flag=True)
-def main(data_root: Path | None, out: Path, selected: str, reuse: bool, seed: int | None, source_model: Path | None,
-         device: str, quiet: bool) -> None:
+def main(data_root: Path | None, out: Path, selected: str, seeds: str, source_seed: int | None,
+         source_model: Path | None, reuse: bool, device: str, quiet: bool) -> None:
     names = [name.strip() for name in selected.split(",") if name.strip()]
     unknown = sorted(set(names) - set(RUNS))
     if unknown:
         raise click.BadParameter(f"unknown run(s) {', '.join(unknown)}; known: {', '.join(RUNS)}", param_hint="--runs")
-    figures: dict[str, Any] = {"seed": seed, "seconds": {}}
-
-    source_config = apply_overrides(load_recipe(find_recipe("spcl_synthx_to_synthm")), {"device": device})
-    if source_model is None:
-        source_model = out / "source" / "best.pt"
-        if not (reuse and source_model.exists()):
-            started = time.perf_counter()
-            train_supervised(source_stage_config(source_config), out / "source", data_root=data_root, progress=not quiet)
-            figures["seconds"]["source_stage"] = round(time.perf_counter() - started, 1)
-
-    for name in names:
-        recipe, overrides = RUNS[name]
-        run_dir = out / name
-        if reuse and (run_dir / "summary.json").exists():
-            summary = json.loads((run_dir / "summary.json").read_text())
-        else:
-            config = apply_overrides(load_recipe(find_recipe(recipe)),
-                                     {"device": device, "model.init": str(source_model), **overrides})
-            if seed is not None:
-                config = apply_overrides(config, {"seed": seed})
-            started = time.perf_counter()
-            summary = adapt(config, run_dir, data_root=data_root, progress=not quiet)
-            figures["seconds"][name] = round(time.perf_counter() - started, 1)
-        figures.setdefault("direct_transfer", _pick(summary, "direct_transfer"))
-        figures[name] = {**_pick(summary, "last"), "best_mAP": round(summary["best_mAP"], 2)}
-        figures[name]["gain_mAP"] = round(figures[name]["mAP"] - figures["direct_transfer"]["mAP"], 2)
-    print(json.dumps(figures, indent=2))
+    try:
+        seed_list = [int(seed) for seed in seeds.split(",") if seed.strip()]
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers, got {seeds!r}", param_hint="--seeds") from None
+    seconds: dict[str, float] = {}
+    per_seed: dict[str, dict[int, dict[str, float]]] = {"direct_transfer": {}}
+    for seed in seed_list:
+        model = source_model or _source_model(out, seed if source_seed is None else source_seed, data_root, device,
+                                              reuse, quiet, seconds)
+        for name in names:
+            recipe, overrides = RUNS[name]
+            run_dir = out / f"seed{seed}" / name
+            if reuse and (run_dir / "summary.json").exists():
+                summary = json.loads((run_dir / "summary.json").read_text())
+            else:
+                config = apply_overrides(load_recipe(find_recipe(recipe)),
+                                         {"device": device, "model.init": str(model), "seed": seed, **overrides})
+                started = time.perf_counter()
+                summary = adapt(config, run_dir, data_root=data_root, progress=not quiet)
+                seconds[f"seed{seed}/{name}"] = round(time.perf_counter() - started, 1)
+            direct = per_seed["direct_transfer"].setdefault(seed, _pick(summary, "direct_transfer"))
+            figures = {**_pick(summary, "last"), "best_mAP": round(summary["best_mAP"], 2)}
+            figures["gain_mAP"] = round(figures["mAP"] - direct["mAP"], 2)
+            per_seed.setdefault(name, {})[seed] = figures
+    report: dict[str, Any] = {"seeds": seed_list, "source_seed": source_seed, "std": "sample (n - 1)", "runs": {}}
+    for name, by_seed in per_seed.items():
+        entry: dict[str, Any] = {"per_seed": by_seed}
+        for key in ("mAP", "rank1", "best_mAP", "gain_mAP"):
+            values = [figures[key] for figures in by_seed.values() if key in figures]
+            if values:
+                entry[key] = _spread(values)
+        if name != "direct_transfer":
+            entry["min_gain_mAP"] = min(figures["gain_mAP"] for figures in by_seed.values())
+        report["runs"][name] = entry
+    report["seconds"] = seconds
+    print(json.dumps(report, indent=2))
 
 
 if __name__ == "__main__":

@@ -132,7 +132,7 @@ def test_adapt_and_usl_commands_run_and_save_the_resolved_config(tmp_path, comma
 
 def test_adapt_unknown_method_lists_known_ones(tmp_path):
     result = CliRunner().invoke(cli, ["adapt", "--source", "market", "--target", "duke", "--method", "mmt", "--out", str(tmp_path / "r")])
-    assert result.exit_code == 1 and "unknown method 'mmt' for --method; known: baseline, pplr, spcl" in result.output
+    assert result.exit_code == 1 and "unknown method 'mmt' for --method; known: baseline, cap, cluster_contrast, pplr, spcl" in result.output
 
 
 def test_evaluate_rerank_uses_k_reciprocal_re_ranking(tmp_path, market_root, monkeypatch):
@@ -216,3 +216,92 @@ def test_usl_pplr_with_camera_proxies_then_inspect_agreement_draws_the_extremes(
     assert (out / "agreement_extremes_epoch001.png").exists() and "epoch 1: agreement mean" in result.output
     missing = CliRunner().invoke(cli, ["inspect-agreement", "--run", str(out), "--epoch", "7"])
     assert missing.exit_code == 1 and "--epoch 7: no agreement scores saved for it; saved epochs: 1" in missing.output
+
+
+def test_data_stats_finds_the_nested_layout_peers_use(tmp_path):
+    root = tmp_path / "data"
+    write_market_style(
+        root / "market1501" / "Market-1501-v15.09.15",
+        train=["0002_c1s1_000001_00.jpg", "0007_c3s1_000003_00.jpg"],
+        query=["0001_c1s1_000005_00.jpg"],
+        gallery=["0001_c2s1_000007_00.jpg"],
+    )
+    result = CliRunner().invoke(cli, ["data", "stats", "--dataset", "market1501", "--root", str(root)])
+    assert result.exit_code == 0, result.output
+    assert "layout: market1501/Market-1501-v15.09.15/ (Market-style folders)" in result.output
+
+
+def test_camera_proxies_off_is_the_word_off_for_the_flag_and_for_set(tmp_path):
+    from tiny_reid_data import write_two_domains
+
+    data_root = write_two_domains(tmp_path / "data")
+    out = tmp_path / "run"
+    args = ["usl", "--dataset", "duke", "--method", "pplr", "--camera-proxies", "off", "--data-root", str(data_root),
+            "--out", str(out), "--epochs", "1", "--quiet", *_sets(), "--set", "method_options.agreement_k=4",
+            "--set", "method_options.camera_proxies=off"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    import yaml
+
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["method_options"]["camera_proxies"] == "off"
+    assert "loss_camera" not in json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+
+
+def test_camera_proxies_on_a_method_without_them_is_named(tmp_path):
+    result = CliRunner().invoke(cli, ["usl", "--dataset", "duke", "--method", "spcl", "--camera-proxies", "cap",
+                                      "--out", str(tmp_path / "r")])
+    assert result.exit_code == 1
+    assert ("--camera-proxies cap: method spcl takes no camera proxies; methods that do: baseline, cluster_contrast, pplr "
+            "(CAP as published is a method: --method cap)") in result.output
+
+
+def test_method_comes_from_the_recipe_and_a_contradicting_method_is_refused(tmp_path):
+    from tiny_reid_data import write_two_domains
+
+    data_root = write_two_domains(tmp_path / "data")
+    out = tmp_path / "run"
+    # The GDS-H paper recipe with the tiny sizes: it trains the baseline with GDS-H, without --method.
+    args = ["adapt", "--recipe", "gds_market1501_to_dukemtmc", "--source", "market1501", "--target", "dukemtmc",
+            "--data-root", str(data_root), "--out", str(out), "--epochs", "1", "--quiet", *_sets(),
+            "--set", "adapt.source_pretrain_epochs=0", "--set", "adapt.passes_per_epoch=0"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    import yaml
+
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["adapt"]["method"] == "baseline" and saved["gds"]["enabled"] and saved["gds"]["hard_mining"]
+    row = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    assert {"loss_id", "loss_triplet", "loss_gds", "loss_gds_hard"} <= set(row), row
+    conflict = CliRunner().invoke(cli, ["adapt", "--recipe", "gds_market1501_to_dukemtmc", "--method", "spcl",
+                                        "--source", "market1501", "--target", "dukemtmc", "--out", str(tmp_path / "x")])
+    assert conflict.exit_code == 1
+    assert ("--method spcl contradicts --recipe gds_market1501_to_dukemtmc, which is a recipe for method baseline"
+            in conflict.output)
+
+
+@pytest.mark.parametrize("method, nested", [("cap", True), ("cluster_contrast", False)])
+def test_usl_cap_and_cluster_contrast_run_their_paper_recipes_on_the_market_layout(tmp_path, method, nested):
+    import shutil
+
+    from tiny_reid_data import write_two_domains
+
+    data_root = write_two_domains(tmp_path / "data")
+    if nested:  # as SpCL / cluster-contrast / PPLR keep it: <root>/market1501/Market-1501-v15.09.15/
+        (data_root / "market1501").mkdir()
+        shutil.move(str(data_root / "Market-1501-v15.09.15"), str(data_root / "market1501"))
+    out = tmp_path / "run"
+    args = ["usl", "--dataset", "market1501", "--method", method, "--data-root", str(data_root), "--out", str(out),
+            "--epochs", "1", "--quiet", *_sets(), "--set", "data.num_instances=4"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    import yaml
+
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["adapt"]["method"] == method and saved["target"] == "market1501"
+    # the published setting's own values came from its recipe (cap_usl_market1501 / cluster_contrast_usl_market1501)
+    expected = {"cap": (0.5, "avg", "proxy_balanced"), "cluster_contrast": (0.6, "gem", "multi_gallery")}[method]
+    assert (saved["clustering"]["eps"], saved["model"]["pooling"]) == expected[:2]
+    assert f"{expected[2]} batches" in (out / "log.txt").read_text()
+    row = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    assert ("loss_cap" if method == "cap" else "loss_cluster") in row and "clusters" in row

@@ -96,3 +96,40 @@ def test_recipe_extends_cycle_and_missing_parent_are_named(tmp_path):
     (tmp_path / "c.yaml").write_text("extends: no_such_parent\n")
     with pytest.raises(ConfigError, match="recipe 'no_such_parent' not found"):
         load_recipe(tmp_path / "c.yaml")
+
+
+def test_set_values_are_typed_by_their_field_not_by_yaml_1_1():
+    config = apply_overrides(RunConfig(), parse_set_options([
+        "method_options.camera_proxies=off", "data.normalization=no", "model.init=off",
+        "data.skip_unreadable=yes", "train.sync_bn=On", "optim.milestones=[5, 9]", "eval_datasets=[synthm]",
+    ]))
+    # string fields keep the words YAML 1.1 reads as booleans
+    assert config.method_options["camera_proxies"] == "off"
+    assert config.data.normalization == "no" and config.model.init == "off"
+    # boolean fields take true/false, yes/no, on/off; lists parse
+    assert config.data.skip_unreadable is True and config.train.sync_bn is True
+    assert config.optim.milestones == [5, 9] and config.eval_datasets == ["synthm"]
+    assert apply_overrides(config, {"data.skip_unreadable": "off"}).data.skip_unreadable is False
+
+
+def test_method_options_get_their_type_from_the_method():
+    from uda_reid.methods import METHODS
+
+    config = apply_overrides(RunConfig(), parse_set_options(
+        ["method_options.camera_proxies=off", "method_options.beta=0.3", "method_options.num_parts=2"]))
+    options = METHODS.get("pplr").parse_options(config.method_options)
+    assert options.camera_proxies == "off" and options.beta == 0.3 and options.num_parts == 2
+    with pytest.raises(ConfigError, match=r"method_options.num_parts: expected an integer, got 'two'"):
+        METHODS.get("pplr").parse_options({"num_parts": "two"})
+
+
+def test_a_wrong_type_names_the_key_the_value_and_the_expected_type(tmp_path):
+    with pytest.raises(ConfigError, match=r"--set adapt.epochs: expected an integer, got 'ten'"):
+        apply_overrides(RunConfig(), parse_set_options(["adapt.epochs=ten"]), "--set")
+    with pytest.raises(ConfigError, match=r"--set data.skip_unreadable: expected a boolean \(true/false, yes/no, on/off\), got 'maybe'"):
+        apply_overrides(RunConfig(), parse_set_options(["data.skip_unreadable=maybe"]), "--set")
+    # an unquoted off in a recipe is YAML 1.1's false: the message says to quote it
+    path = tmp_path / "r.yaml"
+    path.write_text("data:\n  normalization: off\n")
+    with pytest.raises(ConfigError, match=r"r.yaml.data.normalization: expected a string, got the boolean False .*quote it"):
+        load_recipe(path)

@@ -128,7 +128,7 @@ def train(dataset, recipe, data_root, out, init, arch, epochs, eval_on, device, 
 def _adaptation_options(f):
     """Options shared by ``adapt`` and ``usl``."""
     options = [
-        click.option("--method", default=None, help="Adaptation method (default: the recipe's, spcl)."),
+        click.option("--method", default=None, help="spcl, baseline, pplr, cap or cluster_contrast (default: the --recipe's method, else spcl)."),
         click.option("--recipe", default=None, help="Recipe file or name in recipes/ (default: chosen from method and datasets)."),
         _data_root_option,
         click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None, help="Run folder (default: runs/<method>_<datasets>)."),
@@ -138,7 +138,7 @@ def _adaptation_options(f):
         click.option("--gds", is_flag=True, default=None, help="Add the GDS term (global distance-distribution separation) to the method's losses."),
         click.option("--gds-hard", "gds_hard", is_flag=True, default=None, help="GDS with its distribution-based hard mining (GDS-H)."),
         click.option("--camera-proxies", "camera_proxies", type=click.Choice(["cap", "pplr", "off"]), default=None,
-                     help="Camera-aware proxy loss (methods pplr and baseline): CAP's or PPLR's variant, or off."),
+                     help="Add a camera-aware proxy loss to the method (baseline, pplr, cluster_contrast): CAP's losses or PPLR's inter-camera loss, or off."),
         click.option("--epochs", type=int, default=None),
         click.option("--eval-on", "eval_on", multiple=True, help="Also evaluate the final model on this dataset (repeatable)."),
         _device_option,
@@ -177,9 +177,27 @@ def _run_adaptation(source, target, method, recipe, data_root, out, init, arch, 
     source = canonical_name(source) if source else None
     target = canonical_name(target)
     from .methods import METHODS
+    from .methods.camera_aware import CameraProxyOptions
 
+    if method is not None:
+        METHODS.get(method)  # an unknown --method is named before any recipe is looked up
+    if recipe is not None:  # the recipe says which method it is for
+        recipe_method = load_recipe(find_recipe(recipe)).adapt.method
+        if method is not None and method != recipe_method:
+            raise ConfigError(
+                f"--method {method} contradicts --recipe {recipe}, which is a recipe for method {recipe_method}; "
+                f"drop --method, or choose a {method} recipe"
+            )
+        method = recipe_method
     method = method or "spcl"
-    METHODS.get(method)  # an unknown --method is named before any recipe is looked up
+    if camera_proxies is not None and not issubclass(METHODS.get(method).Options, CameraProxyOptions):
+        if camera_proxies != "off":
+            takes = ", ".join(n for n in METHODS.names() if issubclass(METHODS.get(n).Options, CameraProxyOptions))
+            raise ConfigError(
+                f"--camera-proxies {camera_proxies}: method {method} takes no camera proxies; methods that do: {takes} "
+                f"(CAP as published is a method: --method cap)"
+            )
+        camera_proxies = None  # off, and the method has none
     recipe = recipe or _default_adapt_recipe(method, source, target, cameras=camera_proxies not in (None, "off"))
     overrides = {
         "source": source,

@@ -8,8 +8,6 @@ The resolved configuration is saved in every run folder.
 
 from __future__ import annotations
 
-import contextlib
-
 import dataclasses
 import os
 import types
@@ -115,9 +113,12 @@ class AdaptConfig:
     method: str = "spcl"
     epochs: int = 50
     iters_per_epoch: int = 400
-    # > 0: instead of iters_per_epoch, this many passes over the epoch's labelled target images
-    # (GDS's baseline trains 70 epochs on each round's pseudo-labels)
+    # > 0: instead of iters_per_epoch, floor(passes × labelled target images / batch size) iterations
+    # (CAP: one pass, GDS's baseline: 70 on each round's pseudo-labels)
     passes_per_epoch: float = 0.0
+    # How target (and SpCL's source) batches are drawn: auto (the method's own), multi_gallery
+    # (SpCL / cluster-contrast / PPLR), random_identity (open-reid's, Song et al.), proxy_balanced (CAP).
+    sampler: str = "auto"
     eval_every: int = 10
     # BatchNorm statistics over this many contiguous groups of the global batch (4: the published
     # 4-GPU DataParallel runs), on any number of processes: G processes (torchrun) compute
@@ -207,12 +208,47 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
+TRUE_WORDS = ("true", "yes", "on", "1")
+FALSE_WORDS = ("false", "no", "off", "0")
+NULL_WORDS = ("null", "~")
+
+
+def parse_free_value(text: str) -> Any:
+    """A command-line value for a key whose type the config does not know (``method_options.*``).
+
+    YAML 1.2's core rules, not YAML 1.1's: ``off``, ``no``, ``yes`` and ``on`` stay words (the method's
+    options dataclass gives them a type later); ``true``/``false``, ``null``, numbers and ``[...]`` /
+    ``{...}`` are parsed.
+    """
+    stripped = text.strip()
+    lowered = stripped.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if lowered in NULL_WORDS:
+        return None
+    for number in (int, float):
+        try:
+            return number(stripped)
+        except ValueError:
+            pass
+    if stripped[:1] in ("[", "{"):
+        try:
+            return yaml.safe_load(stripped)
+        except yaml.YAMLError:
+            return text
+    return text
+
+
 def _coerce(value: Any, tp: Any, where: str) -> Any:
-    """Check ``value`` against the annotation ``tp`` (the few kinds configs use)."""
+    """Check ``value`` against the annotation ``tp`` (the few kinds configs use).
+
+    Strings (``--set`` values, quoted YAML) are converted by the field's type, so a string field
+    keeps ``off`` or ``no`` as written and a boolean field accepts true/false/yes/no/on/off.
+    """
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         options = typing.get_args(tp)
-        if value is None and type(None) in options:
+        if type(None) in options and (value is None or (isinstance(value, str) and value.strip().lower() in NULL_WORDS)):
             return None
         errors = []
         for option in options:
@@ -223,6 +259,11 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             except ConfigError as error:
                 errors.append(str(error))
         raise ConfigError(errors[0] if errors else f"{where}: invalid value {value!r}")
+    if isinstance(value, str) and (origin in (dict, list)):
+        try:
+            value = yaml.safe_load(value)
+        except yaml.YAMLError:
+            pass
     if origin is dict:
         if not isinstance(value, Mapping):
             raise ConfigError(f"{where}: expected a mapping of keys, got {value!r}")
@@ -232,12 +273,14 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where}: expected a list of {_type_name(item_type)}, got {value!r}")
         return [_coerce(item, item_type, f"{where}[{i}]") for i, item in enumerate(value)]
+    if tp is Any:
+        return parse_free_value(value) if isinstance(value, str) else value
     if tp is bool:
         if isinstance(value, bool):
             return value
-        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
-            return value.lower() in ("true", "yes", "1")
-        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        if isinstance(value, str) and value.strip().lower() in TRUE_WORDS + FALSE_WORDS:
+            return value.strip().lower() in TRUE_WORDS
+        raise ConfigError(f"{where}: expected a boolean (true/false, yes/no, on/off), got {value!r}")
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, (int, str)):
             raise ConfigError(f"{where}: expected an integer, got {value!r}")
@@ -253,6 +296,12 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         except ValueError:
             raise ConfigError(f"{where}: expected a number, got {value!r}") from None
     if tp is str:
+        if isinstance(value, bool):
+            word = "on/yes/true" if value else "off/no/false"
+            raise ConfigError(
+                f"{where}: expected a string, got the boolean {value!r} (YAML reads an unquoted {word} as a "
+                f"boolean: quote it, e.g. \"off\")"
+            )
         if not isinstance(value, str):
             raise ConfigError(f"{where}: expected a string, got {value!r}")
         return value
@@ -263,24 +312,35 @@ def _field_types(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
+def _key_path(where: str, key: str) -> str:
+    """``where`` + ``key`` as messages show it: ``recipe.yaml.optim.lr``, ``--set optim.lr``."""
+    return f"{where}{key}" if where.endswith(" ") else f"{where}.{key}"
+
+
 def update_dataclass(obj: Any, values: Mapping[str, Any], where: str) -> Any:
-    """A copy of dataclass ``obj`` with ``values`` applied; unknown keys are errors."""
+    """A copy of dataclass ``obj`` with ``values`` applied; unknown keys are errors.
+
+    ``where`` names the source in messages: a file or section (keys are joined with dots), or an
+    option followed by a space (``"--set "``: keys follow it as the user typed them).
+    """
     if not isinstance(values, Mapping):
-        raise ConfigError(f"{where}: expected a mapping of keys, got {values!r}")
+        raise ConfigError(f"{where.rstrip()}: expected a mapping of keys, got {values!r}")
     types_by_name = _field_types(type(obj))
     changes: dict[str, Any] = {}
     for key, value in values.items():
         if key not in types_by_name:
             raise ConfigError(
-                f"{where}: unknown key {key!r}; valid keys: {', '.join(types_by_name)}"
+                f"{where.rstrip()}: unknown key {key!r}; valid keys: {', '.join(types_by_name)}"
             )
         current = getattr(obj, key)
+        path = _key_path(where, key)
         if dataclasses.is_dataclass(current):
-            changes[key] = update_dataclass(current, value, f"{where}.{key}")
+            changes[key] = update_dataclass(current, value, path)
         elif isinstance(current, dict) and isinstance(value, Mapping):
-            changes[key] = {**current, **value}  # free-form sections merge key by key
+            # free-form sections merge key by key; their values get a type where they are read
+            changes[key] = {**current, **{k: _coerce(v, Any, f"{path}.{k}") for k, v in value.items()}}
         else:
-            changes[key] = _coerce(value, types_by_name[key], f"{where}.{key}")
+            changes[key] = _coerce(value, types_by_name[key], path)
     return dataclasses.replace(obj, **changes)
 
 
@@ -313,15 +373,16 @@ def load_recipe(path: str | os.PathLike, base: RunConfig | None = None, *, _chai
 
 
 def apply_overrides(config: RunConfig, overrides: Mapping[str, Any], where: str = "option") -> RunConfig:
-    """Apply dotted overrides such as ``{"optim.lr": 1e-4}`` (values may be YAML strings)."""
+    """Apply dotted overrides such as ``{"optim.lr": 1e-4}`` or ``{"optim.lr": "1e-4"}``.
+
+    A string is converted by the type of the field it sets (``"off"`` stays a string for a string
+    field, ``"[20, 40]"`` becomes a list for a list field), never by YAML 1.1's guesses.
+    """
     for dotted, value in overrides.items():
-        if isinstance(value, str):
-            with contextlib.suppress(yaml.YAMLError):  # not YAML: keep the plain string
-                value = yaml.safe_load(value)
         nested: Any = value
         for part in reversed(dotted.split(".")):
             nested = {part: nested}
-        config = update_dataclass(config, nested, f"{where} {dotted}")
+        config = update_dataclass(config, nested, f"{where} ")
     return config
 
 

@@ -240,14 +240,22 @@ def test_synthetic_domains_parse_the_generated_market_folder(
         calls.append((root, name))
         return write_market_style(root / "synthetic" / name, MARKET_TRAIN, MARKET_QUERY, MARKET_GALLERY)
 
+    def fake_resolve_spec(name: str) -> types.SimpleNamespace:
+        return types.SimpleNamespace(folder=name.capitalize())
+
     monkeypatch.setitem(
-        sys.modules, "uda_reid.data.synthetic", types.SimpleNamespace(ensure_domain=fake_ensure_domain)
+        sys.modules, "uda_reid.data.synthetic",
+        types.SimpleNamespace(ensure_domain=fake_ensure_domain, resolve_spec=fake_resolve_spec),
     )
     dataset = load_dataset(domain, data_root)
     assert calls == [(data_root, domain)]
     assert splits_of(dataset) == MARKET_EXPECTED
     assert dataset.name == domain and dataset.root == data_root / "synthetic" / domain
     assert "synthetic" in dataset.layout
+    # A copy one level deeper (<root>/synthx/Synthx/), as the real datasets may be kept, is used instead.
+    (data_root / domain / fake_resolve_spec(domain).folder).mkdir(parents=True)
+    load_dataset(domain, data_root)
+    assert calls[-1] == (data_root / domain, domain)
 
 
 # ---- data root, registry, statistics -----------------------------------------------------------
@@ -465,3 +473,62 @@ def test_unknown_option_and_bad_variant_are_option_errors(data_root: Path) -> No
         load_dataset("cuhk03", data_root, varaint="detected")
     with pytest.raises(ConfigError, match="'labeled' or 'detected', got 'label'"):
         load_dataset("cuhk03", data_root, variant="label")
+
+
+# ---- the peers' nested layout: <data root>/<short name>/<dataset folder> ------------------------
+
+NESTED = {  # dataset: (nested folder as SpCL / cluster-contrast / PPLR / torchreid keep it, writer, expected)
+    "market1501": ("market1501/Market-1501-v15.09.15", "market", MARKET_EXPECTED),
+    "dukemtmc": ("dukemtmc/DukeMTMC-reID", "duke", DUKE_EXPECTED),
+    "personx": ("personx/PersonX", "personx", PERSONX_EXPECTED),
+    "msmt17": ("msmt17/MSMT17_V1", "msmt", MSMT_EXPECTED),
+}
+
+
+def _write_nested(folder: Path, kind: str) -> None:
+    if kind == "market":
+        write_market_style(folder, MARKET_TRAIN, MARKET_QUERY, MARKET_GALLERY)
+    elif kind == "duke":
+        write_market_style(folder, DUKE_TRAIN, DUKE_QUERY, DUKE_GALLERY)
+    elif kind == "personx":
+        write_market_style(folder, PERSONX_TRAIN, PERSONX_QUERY, PERSONX_GALLERY)
+    else:
+        write_msmt_lists(folder, MSMT_LISTS)
+
+
+@pytest.mark.parametrize("name", sorted(NESTED))
+def test_each_dataset_is_found_one_level_deeper_under_its_short_name(data_root: Path, name: str) -> None:
+    relative, kind, expected = NESTED[name]
+    _write_nested(data_root / relative, kind)
+    dataset = load_dataset(name, data_root)
+    assert splits_of(dataset) == expected
+    assert dataset.root == data_root / relative
+    assert dataset.layout.startswith(f"{relative}/")  # says which form was found
+
+
+def test_cuhk03_and_cluster_contrasts_duke_folder_are_found_nested(data_root: Path) -> None:
+    write_market_style(data_root / "cuhk03" / "cuhk03_np" / "detected", ["0001_c1_1.png"], ["0700_c1_1.png"], ["0700_c2_1.png"])
+    assert load_dataset("cuhk03", data_root, variant="detected").root == data_root / "cuhk03" / "cuhk03_np" / "detected"
+    write_market_style(data_root / "dukemtmcreid" / "DukeMTMC-reID", DUKE_TRAIN, DUKE_QUERY, DUKE_GALLERY)
+    assert load_dataset("duke", data_root).root == data_root / "dukemtmcreid" / "DukeMTMC-reID"
+
+
+def test_a_short_name_folder_is_not_mistaken_for_the_dataset(data_root: Path) -> None:
+    # <root>/market1501/ is also one of Market's flat names; holding the nested copy, it is a parent.
+    _write_nested(data_root / "market1501" / "Market-1501-v15.09.15", "market")
+    assert load_dataset("market", data_root).root == data_root / "market1501" / "Market-1501-v15.09.15"
+    # A flat copy that holds the layout wins over a nested one.
+    flat = write_market(data_root)
+    assert load_dataset("market", data_root).root == flat
+
+
+def test_missing_dataset_error_shows_the_flat_and_the_nested_form(data_root: Path) -> None:
+    with pytest.raises(DatasetLayoutError) as error:
+        load_dataset("msmt17", data_root)
+    message = str(error.value)
+    assert str(data_root / "MSMT17_V1") in message and str(data_root / "msmt17" / "MSMT17_V1") in message
+    assert "one level deeper" in message and "msmt17/" in message
+    # A nested folder of the right name without the layout is what the error is about.
+    (data_root / "dukemtmc" / "DukeMTMC-reID").mkdir(parents=True)
+    with pytest.raises(DatasetLayoutError, match="train split folder .*dukemtmc/DukeMTMC-reID/bounding_box_train is missing"):
+        load_dataset("dukemtmc", data_root)

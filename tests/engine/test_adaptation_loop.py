@@ -106,9 +106,41 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(
 
 
 def test_unknown_method_clusterer_and_method_option_are_named(tmp_path):
-    with pytest.raises(UnknownNameError, match="unknown method 'mmt' for --method; known: baseline, pplr, spcl"):
+    with pytest.raises(UnknownNameError, match="unknown method 'mmt' for --method; known: baseline, cap, cluster_contrast, pplr, spcl"):
         adapt(tiny_config(target="dukemtmc", **{"adapt.method": "mmt"}), tmp_path, progress=False)
     with pytest.raises(ConfigError, match="method_options: unknown key 'temprature'"):
         adapt(tiny_config(target="dukemtmc", method_options={"temprature": 0.1}), tmp_path, progress=False)
     with pytest.raises(ConfigError, match="needs a target dataset"):
         adapt(tiny_config(), tmp_path, progress=False)
+
+
+def test_spcl_batches_give_each_unclustered_instance_one_slot(tmp_path, data_root, monkeypatch):
+    """SpCL's reference sampler: a cluster gives K images, an un-clustered instance one, so most of
+    a batch is clustered images; the old P×K sampler repeated every instance K times."""
+    from uda_reid.engine import loop
+    from uda_reid.methods.spcl import SpCL
+
+    cluster_labels = np.full(72, -1)
+    cluster_labels[:36] = np.repeat(np.arange(6), 6)  # six clusters of six images, 36 un-clustered instances
+
+    def fake_stage(features, **kwargs):
+        return ClusterResult(labels=cluster_labels.copy(), num_clusters=6, num_outliers=36)
+
+    seen = []
+    original = SpCL.training_step
+
+    def recording(self, ctx, batch):
+        seen.append(batch["target"]["label"].numpy().copy())
+        return original(self, ctx, batch)
+
+    monkeypatch.setattr(loop, "cluster_stage", fake_stage)
+    monkeypatch.setattr(SpCL, "training_step", recording)
+    adapt(tiny_config(target="dukemtmc", **{"adapt.epochs": 1, "adapt.iters_per_epoch": 8}), tmp_path,
+          data_root=data_root, progress=False)
+    drawn = np.concatenate(seen)
+    assert len(seen) == 8
+    for labels in seen:
+        instances, counts = np.unique(labels[labels >= 6], return_counts=True)
+        assert (counts == 1).all()  # no instance repeated within a batch
+    # one pass: 6 clusters × 4 + 36 instances = 60 images, of which 24 clustered (40 %)
+    assert 0.3 < (drawn < 6).mean() < 0.5

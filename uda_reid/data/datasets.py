@@ -21,6 +21,7 @@ from .layouts import (
     Sample,
     find_dataset_folder,
     has_msmt_lists,
+    holds_market_style,
     layout_sketch,
     market_style_tree,
     msmt_tree,
@@ -140,9 +141,11 @@ MSMT_MARKET_STYLE_RULE = NamingRule(
 )
 
 
-def _load_market_style(name: str, data_root: Path, folder_names: list[str], rule: NamingRule) -> ReidDataset:
-    sketch = layout_sketch(folder_names, market_style_tree(rule.example))
-    folder = find_dataset_folder(data_root, folder_names, sketch)
+def _load_market_style(
+    name: str, data_root: Path, folder_names: list[str], rule: NamingRule, parents: tuple[str, ...]
+) -> ReidDataset:
+    sketch = layout_sketch(folder_names, market_style_tree(rule.example), parents=parents)
+    folder = find_dataset_folder(data_root, folder_names, sketch, parents=parents, holds=holds_market_style)
     train, query, gallery = read_market_style(folder, rule, sketch)
     layout = f"{folder.relative_to(data_root).as_posix()}/ (Market-style folders)"
     return ReidDataset(name, folder, train, query, gallery, layout=layout)
@@ -152,19 +155,20 @@ def _load_market_style(name: str, data_root: Path, folder_names: list[str], rule
 def market1501(data_root: Path) -> ReidDataset:
     """Market-1501: 751 train ids, 6 cameras; junk (-1) dropped, distractors (0000) kept in gallery."""
     folder_names = ["Market-1501-v15.09.15", "market1501", "Market-1501"]
-    return _load_market_style("market1501", data_root, folder_names, MARKET_RULE)
+    return _load_market_style("market1501", data_root, folder_names, MARKET_RULE, ("market1501", "market"))
 
 
 @DATASETS.register("dukemtmc")
 def dukemtmc(data_root: Path) -> ReidDataset:
     """DukeMTMC-reID: 702 train ids, 8 cameras."""
-    return _load_market_style("dukemtmc", data_root, ["DukeMTMC-reID"], DUKE_RULE)
+    parents = ("dukemtmc", "dukemtmcreid", "dukemtmc-reid", "duke")  # SpCL, cluster-contrast, torchreid
+    return _load_market_style("dukemtmc", data_root, ["DukeMTMC-reID"], DUKE_RULE, parents)
 
 
 @DATASETS.register("personx")
 def personx(data_root: Path) -> ReidDataset:
     """PersonX (synthetic, 1,266 ids): cameras 3, 4, 8, 10, 11, 12 become 0..5."""
-    return _load_market_style("personx", data_root, ["PersonX", "personx"], PERSONX_RULE)
+    return _load_market_style("personx", data_root, ["PersonX", "personx"], PERSONX_RULE, ("personx",))
 
 
 @DATASETS.register("cuhk03")
@@ -173,25 +177,27 @@ def cuhk03(data_root: Path, *, variant: str = "labeled") -> ReidDataset:
     if variant not in ("labeled", "detected"):
         raise ConfigError(f"cuhk03 option variant must be 'labeled' or 'detected', got {variant!r}")
     folder_names = [f"cuhk03_np/{variant}", f"cuhk03-np/{variant}"]
-    return _load_market_style("cuhk03", data_root, folder_names, CUHK03_RULE)
+    return _load_market_style("cuhk03", data_root, folder_names, CUHK03_RULE, ("cuhk03",))
 
 
 @DATASETS.register("msmt17")
 def msmt17(data_root: Path) -> ReidDataset:
     """MSMT17 from its list files (train = list_train + list_val) or a Market-style copy; 15 cameras."""
     folder_names = ["MSMT17_V1", "MSMT17_V2"]
-    list_sketch = layout_sketch(folder_names, msmt_tree())
+    parents = ("msmt17", "msmt")
+    list_sketch = layout_sketch(folder_names, msmt_tree(), parents=parents)
     market_tree = market_style_tree(MSMT_MARKET_STYLE_RULE.example)
-    market_sketch = layout_sketch(folder_names, market_tree)
+    market_sketch = layout_sketch(folder_names, market_tree, parents=parents)
     copy_sketch = layout_sketch(folder_names, market_tree, heading="or a Market-style reorganised copy:")
     both = f"{list_sketch}\n{copy_sketch}"
-    folder = find_dataset_folder(data_root, folder_names, both)
+    folder = find_dataset_folder(data_root, folder_names, both, parents=parents,
+                                 holds=lambda f: has_msmt_lists(f) or holds_market_style(f))
     if has_msmt_lists(folder):
         train, query, gallery = read_msmt_lists(folder, list_sketch)
-        layout = f"{folder.name}/ list files (train = list_train + list_val)"
+        layout = f"{folder.relative_to(data_root).as_posix()}/ list files (train = list_train + list_val)"
     elif (folder / "bounding_box_train").is_dir():
         train, query, gallery = read_market_style(folder, MSMT_MARKET_STYLE_RULE, market_sketch)
-        layout = f"{folder.name}/ Market-style reorganised copy"
+        layout = f"{folder.relative_to(data_root).as_posix()}/ Market-style reorganised copy"
     else:
         raise DatasetLayoutError(f"{folder} has neither MSMT17 list files nor bounding_box_train/\n{both}")
     return ReidDataset("msmt17", folder, train, query, gallery, layout=layout)
@@ -225,9 +231,12 @@ SYNTHETIC_RULE = NamingRule(
 
 def _load_synthetic(domain: str, data_root: Path) -> ReidDataset:
     # Imported here so that a broken or missing generator only affects the synthetic names.
-    from .synthetic import ensure_domain
+    from .synthetic import ensure_domain, resolve_spec
 
-    domain_folder = Path(ensure_domain(data_root, domain))
+    # Nested (<root>/synthx/SynthX/) when a copy is there, as the real datasets; else generated flat.
+    nested_root = data_root / domain
+    root = nested_root if (nested_root / resolve_spec(domain).folder).is_dir() else data_root
+    domain_folder = Path(ensure_domain(root, domain))
     sketch = layout_sketch(
         [domain_folder.name], market_style_tree(SYNTHETIC_RULE.example), root_label=f"{domain_folder.parent}"
     )

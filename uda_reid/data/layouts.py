@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 from ..errors import ConfigError, DatasetLayoutError
 
@@ -65,12 +65,24 @@ def layout_sketch(
     tree: Iterable[str],
     root_label: str = "<data root>",
     heading: str = "expected layout:",
+    parents: Sequence[str] = (),
 ) -> str:
-    """A small tree of the expected layout, shown whenever a folder or file is missing."""
+    """A small tree of the expected layout, shown whenever a folder or file is missing.
+
+    With ``parents`` it also shows the nested form ``<data root>/<parent>/<folder>/`` that SpCL,
+    cluster-contrast, PPLR and torchreid use.
+    """
     main, *alternatives = folder_names
     also = f"   (or {', '.join(name + '/' for name in alternatives)})" if alternatives else ""
+    entries = list(tree)
     lines = [heading, f"  {root_label}/", f"    {main}/{also}"]
-    lines += [f"      {entry}" for entry in tree]
+    lines += [f"      {entry}" for entry in entries]
+    if parents:
+        first, *others = parents
+        other_parents = f"   (or {', '.join(name + '/' for name in others)})" if others else ""
+        lines += ["  or one level deeper, as SpCL, cluster-contrast, PPLR and torchreid keep it:",
+                  f"  {root_label}/", f"    {first}/{other_parents}", f"      {main}/"]
+        lines += [f"        {entry}" for entry in entries]
     return "\n".join(lines)
 
 
@@ -83,12 +95,33 @@ def market_style_tree(example: str) -> list[str]:
     ]
 
 
-def find_dataset_folder(data_root: Path, folder_names: Sequence[str], sketch: str) -> Path:
-    """Return the first of `data_root/<name>` that exists; else say what was tried and expected."""
+def holds_market_style(folder: Path) -> bool:
+    """Whether ``folder`` looks like a Market-style dataset (it has a train split folder)."""
+    return (folder / MARKET_SPLIT_FOLDERS["train"]).is_dir()
+
+
+def find_dataset_folder(
+    data_root: Path,
+    folder_names: Sequence[str],
+    sketch: str,
+    *,
+    parents: Sequence[str] = (),
+    holds: Callable[[Path], bool] | None = None,
+) -> Path:
+    """The dataset's folder, flat (``data_root/<name>``) or nested (``data_root/<parent>/<name>``).
+
+    The first candidate that ``holds`` the layout wins; flat names come first. When folders of the
+    right name exist but none holds the layout, the deepest is returned so that the reader reports
+    what is missing in it. When none exists, the error lists every path tried and the expected tree.
+    """
     tried = [data_root / name for name in folder_names]
-    for folder in tried:
-        if folder.is_dir():
+    tried += [data_root / parent / name for parent in parents for name in folder_names]
+    existing = [folder for folder in tried if folder.is_dir()]
+    for folder in existing:
+        if holds is None or holds(folder):
             return folder
+    if existing:
+        return max(existing, key=lambda folder: len(folder.parts))
     tried_list = "\n".join(f"  {folder}" for folder in tried)
     if not data_root.is_dir():
         problem = f"data root {data_root} does not exist (pass the data root or set $UDAREID_DATA)"

@@ -31,7 +31,7 @@ from ..clustering import cluster_stage
 from ..config import RunConfig, save_config, update_dataclass
 from ..data.datasets import ReidDataset, Sample, load_dataset
 from ..data.image_dataset import ImageDataset, readable_samples
-from ..data.samplers import IdentitySampler
+from ..data.samplers import SAMPLERS, PassSampler
 from ..data.transforms import build_train_transform
 from ..errors import ConfigError
 from ..evaluation.distances import dataset_histograms, save_histograms
@@ -63,18 +63,6 @@ def clusterer_options(config: RunConfig) -> dict[str, Any]:
     return {}
 
 
-def _iterate_forever(loader: DataLoader, sampler: IdentitySampler, first_pass: int) -> Iterator[dict]:
-    """Batches without end; pass ``p`` over the sampler draws with ``set_epoch(p)``.
-
-    One pass is one epoch of iterations, so a resumed run starts at the pass of its epoch.
-    """
-    passes = first_pass
-    while True:
-        sampler.set_epoch(passes)
-        passes += 1
-        yield from loader
-
-
 class AdaptationLoop:
     """One adaptation run in ``run_dir``; ``run()`` returns the summary (also ``summary.json``).
 
@@ -102,6 +90,8 @@ class AdaptationLoop:
         self.progress = progress and self.dist.is_main
         self.device = self.dist.device
         self.method: Method = build_method(config)  # checks method and options before any work
+        self.sampler_rule = config.adapt.sampler if config.adapt.sampler != "auto" else self.method.sampler
+        SAMPLERS.get(self.sampler_rule)  # an unknown adapt.sampler is named before any work
         update_dataclass(config.optim, config.adapt.source_optim, "adapt.source_optim")  # named before any work
         check_batch_split(config, self.dist.world_size)
         if config.source and config.adapt.source_pretrain_epochs > 0 and not config.model.init:  # the source stage's
@@ -148,6 +138,8 @@ class AdaptationLoop:
             self.log.info(f"initial weights: {report}")
         else:
             self.log.info("initial weights: random (no model.init); the paper recipes expect --init imagenet:PATH")
+        self.log.info(f"method {config.adapt.method}: {self.sampler_rule} batches of {config.data.batch_size} images "
+                      f"(K = {config.data.num_instances})")
         model = self.method.prepare_model(model)
         # adapt.bn_groups counts groups of the global batch: each process computes its share of them.
         local_groups = bn_groups_per_process(config.adapt.bn_groups, dist.world_size, sync_bn=config.adapt.sync_bn)
@@ -207,7 +199,6 @@ class AdaptationLoop:
             self.log.append({"epoch": 0, **figures})
             self._save("best.pt", network, optimizer, scheduler, -1, best_map)
 
-        source_loader = self._source_loader(source_samples, start_epoch) if self.method.uses_source_batches else None
         last_figures: dict[str, float] = {}
         for epoch in range(start_epoch, config.adapt.epochs):
             row: dict[str, Any] = {"epoch": epoch + 1}
@@ -249,7 +240,7 @@ class AdaptationLoop:
                 if epoch_labels.scores:
                     plot_score_distributions(self.run_dir)
             _set_head_parameters(optimizer, self.method.head_parameters())
-            row.update(self._train_epoch(ctx, optimizer, epoch, epoch_labels.labels, source_loader))
+            row.update(self._train_epoch(ctx, optimizer, epoch, epoch_labels.labels))
             _set_head_parameters(optimizer, [])  # next epoch's heads start afresh; checkpoints stay shape-free
             dist.sync_buffers_from_main(network)  # BN running statistics: rank 0's, as group 0's in one process
             if self.gds is not None:
@@ -270,16 +261,17 @@ class AdaptationLoop:
         return self._finish(network, target, best_map, last_figures)
 
     # ------------------------------------------------------------------ pieces
-    def _source_loader(self, samples: list[Sample], first_pass: int) -> Iterator[dict]:
-        sampler = IdentitySampler(
-            [s.pid for s in samples], cameras=[s.camid for s in samples],
-            batch_size=self.config.data.batch_size, num_instances=self.config.data.num_instances,
-            num_batches=self.config.adapt.iters_per_epoch, seed=self.config.seed + 1,
+    def _batch_sampler(self, labels, cameras, *, num_batches: int, epoch: int, seed: int) -> PassSampler:
+        """This process's share of the epoch's batches, drawn by the method's rule (``adapt.sampler``)."""
+        sampler = PassSampler(
+            labels, rule=self.sampler_rule, cameras=cameras, batch_size=self.config.data.batch_size,
+            num_instances=self.config.data.num_instances, num_batches=num_batches, seed=seed,
             num_replicas=self.dist.world_size, rank=self.dist.rank,
         )
-        return _iterate_forever(self._loader(samples, sampler), sampler, first_pass)
+        sampler.set_epoch(epoch)
+        return sampler
 
-    def _loader(self, samples: list[Sample], sampler: IdentitySampler, labels=None) -> DataLoader:
+    def _loader(self, samples: list[Sample], sampler: PassSampler, labels=None) -> DataLoader:
         """This process's slices of the sampler's global batches."""
         return DataLoader(
             ImageDataset(samples, build_train_transform(self.config.data), labels=labels),
@@ -290,21 +282,23 @@ class AdaptationLoop:
             pin_memory=self.device.type == "cuda",
         )
 
-    def _train_epoch(self, ctx: AdaptContext, optimizer, epoch: int, labels: np.ndarray, source_loader) -> dict[str, float]:
+    def _train_epoch(self, ctx: AdaptContext, optimizer, epoch: int, labels: np.ndarray) -> dict[str, float]:
         config = self.config
         if (labels >= 0).sum() == 0:
             self.log.info(f"epoch {epoch + 1}: no target image has a training label; epoch skipped")
             return {}
         iterations = config.adapt.iters_per_epoch
         if config.adapt.passes_per_epoch > 0:
-            iterations = max(1, round(config.adapt.passes_per_epoch * int((labels >= 0).sum()) / config.data.batch_size))
-        sampler = IdentitySampler(
-            labels, cameras=[s.camid for s in ctx.target_samples],
-            batch_size=config.data.batch_size, num_instances=config.data.num_instances,
-            num_batches=iterations, seed=config.seed, num_replicas=self.dist.world_size, rank=self.dist.rank,
-        )
-        sampler.set_epoch(epoch)
+            iterations = max(1, int(config.adapt.passes_per_epoch * int((labels >= 0).sum()) / config.data.batch_size))
+        sampler = self._batch_sampler(labels, [s.camid for s in ctx.target_samples], num_batches=iterations, epoch=epoch,
+                               seed=config.seed)
         loader = self._loader(ctx.target_samples, sampler, labels=labels)
+        source_loader = None
+        if self.method.uses_source_batches:  # the same draws for every epoch's source batches, from seed + 1
+            source = ctx.source_samples
+            source_sampler = self._batch_sampler([s.pid for s in source], [s.camid for s in source], num_batches=iterations,
+                                          epoch=epoch, seed=config.seed + 1)
+            source_loader = iter(self._loader(source, source_sampler))
         ctx.model.train()
         totals: dict[str, float] = {}
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.adapt.epochs}", disable=not self.progress, leave=False)
@@ -315,8 +309,8 @@ class AdaptationLoop:
             step = self.method.training_step(ctx, batch)
             losses = dict(step.losses)
             if self.gds is not None:  # statistics of the global batch, updated alike on every rank
-                labels = batch["target"]["label"].to(step.target_features.device)
-                losses.update(self.gds(self.dist.gather_batch(step.target_features), self.dist.gather_batch(labels)))
+                batch_labels = batch["target"]["label"].to(step.target_features.device)
+                losses.update(self.gds(self.dist.gather_batch(step.target_features), self.dist.gather_batch(batch_labels)))
             loss = sum(losses.values())
             # The global batch's figures: the mean over ranks of their slices' (equal-size) losses.
             values = dict(zip(["loss", *losses], self.dist.mean(torch.stack([v.detach().float() for v in (loss, *losses.values())])).tolist()))
@@ -399,14 +393,14 @@ def source_stage_config(config: RunConfig) -> RunConfig:
 
 
 def check_batch_split(config: RunConfig, world_size: int) -> None:
-    """Refuse batch and BatchNorm settings the processes cannot split (slices of whole identities,
+    """Refuse batch and BatchNorm settings the processes cannot split (equal slices of each batch,
     BatchNorm groups that are equal parts of the batch and a multiple of the processes)."""
     data, adapt_config = config.data, config.adapt
-    if data.num_instances < 1 or data.batch_size % (data.num_instances * world_size):
+    if data.num_instances < 1 or data.batch_size < 1 or data.batch_size % world_size:
         raise ConfigError(
-            f"data.batch_size ({data.batch_size}) must be a multiple of data.num_instances ({data.num_instances}) "
-            f"× the number of processes ({world_size}) = {data.num_instances * world_size}, so that every "
-            f"process gets whole identities; change data.batch_size or the number of processes"
+            f"data.batch_size ({data.batch_size}) must be a positive multiple of the number of processes "
+            f"({world_size}) and data.num_instances ({data.num_instances}) positive, so that every process "
+            f"gets an equal share of each batch; change data.batch_size or the number of processes"
         )
     bn_groups_per_process(adapt_config.bn_groups, world_size, sync_bn=adapt_config.sync_bn)
     if data.batch_size % adapt_config.bn_groups:

@@ -98,6 +98,9 @@ class Method(abc.ABC):
 
     #: dataclass of the method's options (recipe section ``method_options``); checked strictly.
     Options: type = NoOptions
+    #: How its batches are drawn (a name in ``data.samplers.SAMPLERS``; ``adapt.sampler`` overrides it):
+    #: the reference loaders of SpCL, cluster-contrast and PPLR by default.
+    sampler: str = "multi_gallery"
 
     def __init__(self, config: RunConfig) -> None:
         self.config = config

@@ -24,20 +24,15 @@ from ..clustering import ClusterResult
 from ..losses import batch_hard_triplet_loss
 from ..memory import class_centroids
 from .base import METHODS, AdaptContext, EpochLabels, Method, StepOutput
-from .camera_aware import CameraAwareProxies
+from .camera_aware import CameraAwareProxies, CameraProxyOptions
 
 
 @dataclass
-class BaselineOptions:
+class BaselineOptions(CameraProxyOptions):  # camera proxies on the global feature
     id_loss_weight: float = 1.0
     triplet_loss_weight: float = 1.0
     label_smoothing: float = 0.1
     triplet_margin: float = 0.0  # 0: soft margin softplus(d_ap − d_an)
-    camera_proxies: str = "off"  # off | cap | pplr  (--camera-proxies), on the global feature
-    camera_weight: float = 0.5
-    camera_temperature: float = 0.07
-    camera_hard_negatives: int = 50
-    camera_inter_start_epoch: int = 5  # cap mode: inter-camera loss from this epoch
 
 
 def centroid_classifier(features: torch.Tensor, labels: np.ndarray, device: torch.device) -> nn.Linear:

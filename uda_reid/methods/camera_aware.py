@@ -15,6 +15,7 @@ The loss of several spaces is λcam·(first space + mean of the others), PPLR's 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
@@ -23,6 +24,17 @@ from ..errors import ConfigError
 from ..memory.camera_proxies import CameraProxies
 
 MODES = ("off", "cap", "pplr")
+
+
+@dataclass
+class CameraProxyOptions:
+    """The ``method_options`` of a method that takes ``--camera-proxies`` (inherit it in the options)."""
+
+    camera_proxies: str = "off"  # off | cap | pplr  (--camera-proxies)
+    camera_weight: float = 0.5  # λcam (PPLR: 1.0 for MSMT17)
+    camera_temperature: float = 0.07
+    camera_hard_negatives: int = 50
+    camera_inter_start_epoch: int = 5  # cap mode: inter-camera loss from this epoch
 
 
 def check_camera_options(mode: str, where: str = "method_options.camera_proxies") -> None:
@@ -56,8 +68,8 @@ class CameraAwareProxies:
         self._pending: list[tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]] = []
 
     @classmethod
-    def from_options(cls, options) -> CameraAwareProxies:
-        """From a method's options with the ``camera_*`` fields (baseline, PPLR)."""
+    def from_options(cls, options: CameraProxyOptions) -> CameraAwareProxies:
+        """From a method's options (a :class:`CameraProxyOptions`)."""
         return cls(
             options.camera_proxies, weight=options.camera_weight, temperature=options.camera_temperature,
             num_hard_negatives=options.camera_hard_negatives, inter_start_epoch=options.camera_inter_start_epoch,

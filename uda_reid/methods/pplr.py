@@ -29,22 +29,17 @@ from ..losses import batch_hard_triplet_loss
 from ..losses.pplr import part_identity_loss, pglr_loss, pglr_targets
 from ..models.part_model import PartReidModel, part_model_to_plain
 from .base import METHODS, AdaptContext, EpochLabels, Method, StepOutput
-from .camera_aware import CameraAwareProxies, check_camera_options
+from .camera_aware import CameraAwareProxies, CameraProxyOptions
 
 
 @dataclass
-class PplrOptions:
+class PplrOptions(CameraProxyOptions):  # camera proxies on the global feature and on every part
     num_parts: int = 3
     agreement_k: int = 20  # neighbours compared by the cross-agreement score (self excluded)
     beta: float = 0.5  # PGLR: weight of the pseudo-label against the part predictions
     aals_warmup_epochs: int = 5  # plain label smoothing for the parts before AALS
     warmup_epsilon: float = 0.1
     triplet_margin: float = 0.0  # 0: soft margin
-    camera_proxies: str = "off"  # off | pplr | cap  (--camera-proxies)
-    camera_weight: float = 0.5  # λcam (1.0 for MSMT17)
-    camera_temperature: float = 0.07
-    camera_hard_negatives: int = 50
-    camera_inter_start_epoch: int = 5  # cap mode: inter-camera loss from this epoch
 
 
 @METHODS.register("pplr")
@@ -54,7 +49,6 @@ class PPLR(Method):
     def __init__(self, config) -> None:
         super().__init__(config)
         o = self.options
-        check_camera_options(o.camera_proxies)
         if o.num_parts < 1 or o.agreement_k < 1 or not 0.0 <= o.beta <= 1.0:
             raise ConfigError(
                 f"method_options: pplr needs num_parts >= 1, agreement_k >= 1 and beta in [0, 1]; got "
