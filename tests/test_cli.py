@@ -305,3 +305,10 @@ def test_usl_cap_and_cluster_contrast_run_their_paper_recipes_on_the_market_layo
     assert f"{expected[2]} batches" in (out / "log.txt").read_text()
     row = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
     assert ("loss_cap" if method == "cap" else "loss_cluster") in row and "clusters" in row
+
+
+def test_a_method_without_a_recipe_for_the_task_is_named(tmp_path):
+    result = CliRunner().invoke(cli, ["adapt", "--method", "cap", "--source", "market", "--target", "duke",
+                                      "--out", str(tmp_path / "r")])
+    assert result.exit_code == 1
+    assert "no recipe for --method cap in UDA (adapt): looked for cap_market1501_to_dukemtmc and cap_uda" in result.output

@@ -165,7 +165,14 @@ def _default_adapt_recipe(method: str, source: str | None, target: str, *, camer
     for name in candidates:
         if (recipes_dir() / f"{name}.yaml").exists():
             return name
-    return f"{method}_uda" if source else f"{method}_usl"
+    generic = f"{method}_uda" if source else f"{method}_usl"
+    if not (recipes_dir() / f"{generic}.yaml").exists():
+        kind = "UDA (adapt)" if source else "USL (usl)"
+        raise ConfigError(
+            f"no recipe for --method {method} in {kind}: looked for {', '.join(candidates)} and {generic} in "
+            f"{recipes_dir()}; pass --recipe FILE (e.g. a copy of a {method}_* recipe)"
+        )
+    return generic
 
 
 def _run_adaptation(source, target, method, recipe, data_root, out, init, arch, clusterer, gds, gds_hard,

@@ -153,8 +153,9 @@ def draw_anchor_and_other_cameras(members: np.ndarray, cameras: np.ndarray, k: i
 
 @SAMPLERS.register("random_identity")
 def draw_k_instances(members: np.ndarray, cameras: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
-    """open-reid's ``RandomIdentitySampler`` (the clustering baseline of Song et al.): K images of the
-    identity, without replacement when it has at least K, else with replacement."""
+    """open-reid's ``RandomIdentitySampler`` (also in SpCL's code, unused there): K images of the
+    identity, without replacement when it has at least K, else with replacement, so an
+    un-clustered instance fills K slots. For comparison with the reference rules."""
     return rng.choice(members, size=k, replace=len(members) < k)
 
 
