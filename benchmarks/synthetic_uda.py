@@ -25,8 +25,7 @@ from typing import Any
 import click
 
 from uda_reid.config import apply_overrides, find_recipe, load_recipe
-from uda_reid.engine.loop import adapt, source_stage_config
-from uda_reid.engine.supervised import train_supervised
+from uda_reid.engine.loop import adapt, source_stage_config, train_supervised
 
 # name: (recipe, overrides applied on top of it)
 RUNS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -47,7 +46,8 @@ RUNS: dict[str, tuple[str, dict[str, Any]]] = {
 
 
 def _pick(summary: dict, key: str) -> dict:
-    return {k: round(v, 2) for k, v in summary[key].items() if k in ("mAP", "rank1")}
+    figures = summary[key] if key in summary else summary["direct_transfer"]  # summaries written before "initial"
+    return {k: round(v, 2) for k, v in figures.items() if k in ("mAP", "rank1")}
 
 
 def _spread(values: list[float]) -> dict[str, float]:
@@ -105,7 +105,7 @@ def main(data_root: Path | None, out: Path, selected: str, seeds: str, source_se
                 started = time.perf_counter()
                 summary = adapt(config, run_dir, data_root=data_root, progress=not quiet)
                 seconds[f"seed{seed}/{name}"] = round(time.perf_counter() - started, 1)
-            direct = per_seed["direct_transfer"].setdefault(seed, _pick(summary, "direct_transfer"))
+            direct = per_seed["direct_transfer"].setdefault(seed, _pick(summary, "initial"))
             figures = {**_pick(summary, "last"), "best_mAP": round(summary["best_mAP"], 2)}
             figures["gain_mAP"] = round(figures["mAP"] - direct["mAP"], 2)
             per_seed.setdefault(name, {})[seed] = figures

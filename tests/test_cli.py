@@ -78,12 +78,19 @@ def test_evaluate_refuses_checkpoint_with_pickled_code(tmp_path, market_root):
     assert "module.pt contains pickled Python objects" in result.output
 
 
-def test_train_refuses_to_overwrite_an_earlier_run(tmp_path):
+@pytest.mark.parametrize("left", ["last.pt", "config.yaml"])  # config.yaml alone: stopped before its first checkpoint
+def test_train_refuses_to_overwrite_an_earlier_run(tmp_path, left):
     out = tmp_path / "run"
     out.mkdir()
-    (out / "last.pt").write_bytes(b"x")
+    (out / left).write_bytes(b"x")
     result = CliRunner().invoke(cli, ["train", "--dataset", "market1501", "--out", str(out)])
-    assert result.exit_code == 1 and "already holds a run (last.pt); pass --resume" in result.output
+    assert result.exit_code == 1 and "already holds a run; pass --resume" in result.output
+
+
+def test_resume_names_a_folder_that_holds_no_run(tmp_path):
+    result = CliRunner().invoke(cli, ["adapt", "--source", "market1501", "--target", "dukemtmc", "--out",
+                                      str(tmp_path / "empty"), "--resume"])
+    assert result.exit_code == 1 and "holds no run to resume (no config.yaml or last.pt)" in result.output
 
 
 def test_unknown_recipe_key_in_set_is_named(tmp_path):

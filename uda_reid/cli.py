@@ -73,14 +73,16 @@ def _shared_overrides(init, arch, device, seed, eval_on) -> dict[str, Any]:
 
 
 def _prepare_run_dir(out: Path, resume: bool) -> None:
-    """Never silently overwrite an earlier run's checkpoints."""
+    """Never silently overwrite or half-reuse an earlier run: a folder where a run started (its
+    ``config.yaml``) is continued with --resume, or left alone."""
+    started = (out / "config.yaml").exists() or (out / "last.pt").exists()
     if resume:
-        if not (out / "last.pt").exists():
-            raise ConfigError(f"--resume: no {out / 'last.pt'} to resume from")
+        if not started:
+            raise ConfigError(f"--resume: {out} holds no run to resume (no config.yaml or last.pt)")
         return
-    if (out / "last.pt").exists():
+    if started:
         raise ConfigError(
-            f"--out {out} already holds a run (last.pt); pass --resume to continue it or choose another --out"
+            f"--out {out} already holds a run; pass --resume to continue it or choose another --out"
         )
 
 
@@ -103,7 +105,7 @@ def train(dataset, recipe, data_root, out, init, arch, epochs, eval_on, device, 
     """Supervised training (ID + triplet) on a labelled dataset; stage 1 of UDA."""
     from .config import recipes_dir
     from .engine.distributed import distributed_session
-    from .engine.supervised import train_supervised
+    from .engine.loop import train_supervised
 
     if recipe is None:
         recipe = f"supervised_{dataset}" if (recipes_dir() / f"supervised_{dataset}.yaml").exists() else "supervised"
@@ -120,7 +122,7 @@ def train(dataset, recipe, data_root, out, init, arch, epochs, eval_on, device, 
         if not dist.is_main:
             return
     click.echo(f"run folder: {out}")
-    for name, figures in summary["final"].items():
+    for name, figures in {summary["target"]: summary["last"], **summary.get("also_evaluated", {})}.items():
         click.echo(f"{name:>12}: " + "  ".join(f"{k} {v:5.1f}" for k, v in figures.items()))
 
 
@@ -235,7 +237,7 @@ def _run_adaptation(source, target, method, recipe, data_root, out, init, arch, 
         if not dist.is_main:
             return
     click.echo(f"run folder: {out}")
-    direct, last = summary["direct_transfer"], summary["last"]
+    direct, last = summary["initial"], summary["last"]
     click.echo(f"{'initial':>10}: mAP {direct.get('mAP', float('nan')):5.1f}  rank1 {direct.get('rank1', float('nan')):5.1f}")
     if last:
         click.echo(f"{'adapted':>10}: mAP {last['mAP']:5.1f}  rank1 {last['rank1']:5.1f}  (best mAP {summary['best_mAP']:.1f})")

@@ -30,3 +30,7 @@ class CheckpointError(UdaReidError):
 
 class ConfigError(UdaReidError):
     """A recipe or command-line option has an unknown key or an invalid value."""
+
+
+class TrainingDivergedError(UdaReidError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""

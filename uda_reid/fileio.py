@@ -21,20 +21,48 @@ import torch
 from .errors import CheckpointError
 
 
+_TEMPORARY_SUFFIX = ".tmp"
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; on success it replaces ``path``."""
+    """Yield a temporary path next to ``path``; on success it replaces ``path``.
+
+    The result gets the permissions of a file opened normally (0666 less the umask), not the 0600
+    of the temporary file, so a group sharing the run folder can read it.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=_TEMPORARY_SUFFIX, dir=path.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     try:
         yield tmp
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Delete the hidden ``.NAME.*.tmp`` files a kill during an atomic write left in ``folder``.
+
+    Call it only where no other process is writing (a run's own folder, at its start).
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    stale = [p for p in folder.glob(f".*{_TEMPORARY_SUFFIX}") if p.is_file()]
+    for path in stale:
+        path.unlink()
+    return stale
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

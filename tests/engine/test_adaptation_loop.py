@@ -12,7 +12,7 @@ from uda_reid.config import apply_overrides
 from uda_reid.data.datasets import load_dataset
 from uda_reid.engine.checkpoints import load_checkpoint
 from uda_reid.engine.loop import adapt
-from uda_reid.engine.supervised import TrainingDivergedError
+from uda_reid.errors import TrainingDivergedError
 from uda_reid.errors import CheckpointError, ConfigError, UnknownNameError
 from uda_reid.evaluation.protocol import evaluate_model
 from uda_reid.methods import StepOutput
@@ -40,7 +40,7 @@ def test_uda_run_logs_direct_transfer_then_epochs_and_writes_loadable_checkpoint
     for row in logged[1:]:
         assert {"clusters", "outliers", "unclustered", "cluster_seconds", "loss_source", "loss_target", "mAP"} <= set(row)
         assert np.isfinite(row["loss"])
-    assert summary["direct_transfer"]["mAP"] == logged[0]["mAP"]
+    assert summary["initial"]["mAP"] == logged[0]["mAP"]
     assert (tmp_path / "config.yaml").exists() and (tmp_path / "metrics.png").exists()
     # last.pt holds a plain model that evaluate/--init read; its figures are the last row's.
     model, saved_config = model_from_weights(str(tmp_path / "last.pt"))

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from uda_reid.engine.checkpoints import load_checkpoint
-from uda_reid.engine.loop import AdaptationLoop, adapt
+from uda_reid.engine.loop import TrainingLoop, adapt
 from uda_reid.errors import ConfigError
 from tiny_reid_data import assert_resume_reaches_the_uninterrupted_run, tiny_adapt_config, write_two_domains
 
@@ -56,7 +56,7 @@ def test_classifier_starts_from_the_cluster_centroids_each_epoch_and_is_trained(
         return classifier
 
     monkeypatch.setattr(baseline, "centroid_classifier", recording)
-    loop = AdaptationLoop(tiny_adapt_config(target="dukemtmc", **{"adapt.method": "baseline"}), tmp_path,
+    loop = TrainingLoop(tiny_adapt_config(target="dukemtmc", **{"adapt.method": "baseline"}), tmp_path,
                           data_root=data_root, progress=False)
     loop.run()
     assert len(made) == 2  # one fresh classifier per epoch
@@ -109,6 +109,6 @@ def test_gds_runs_on_spcl_too(tmp_path, data_root):
 
 def test_bad_gds_and_source_optim_keys_are_named_before_any_work(tmp_path):
     with pytest.raises(ConfigError, match="gds.pairs: unknown value 'some'"):
-        AdaptationLoop(tiny_adapt_config(target="dukemtmc", **{"gds.enabled": True, "gds.pairs": "some"}), tmp_path)
+        TrainingLoop(tiny_adapt_config(target="dukemtmc", **{"gds.enabled": True, "gds.pairs": "some"}), tmp_path)
     with pytest.raises(ConfigError, match="adapt.source_optim: unknown key 'learning_rate'"):
-        AdaptationLoop(tiny_adapt_config(target="dukemtmc", **{"adapt.source_optim": {"learning_rate": 1}}), tmp_path)
+        TrainingLoop(tiny_adapt_config(target="dukemtmc", **{"adapt.source_optim": {"learning_rate": 1}}), tmp_path)

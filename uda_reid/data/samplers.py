@@ -267,3 +267,52 @@ class PassSampler(Sampler[int]):
         for batch in self.global_batches():
             yield from (int(i) for i in batch[mine])
 
+
+
+#: The supervised rule: every batch P distinct identities × K images (:class:`IdentitySampler`).
+DISTINCT_IDENTITIES = "distinct_identities"
+
+
+def sampler_rules() -> list[str]:
+    """Every name ``adapt.sampler`` (or a method's ``sampler``) may take."""
+    return [DISTINCT_IDENTITIES, *SAMPLERS.names()]
+
+
+def check_sampler_rule(rule: str, key: str = "adapt.sampler") -> str:
+    """``rule`` itself, or a ConfigError naming ``key`` and the valid rules."""
+    if rule != DISTINCT_IDENTITIES and rule not in SAMPLERS.names():
+        raise ConfigError(f"{key}: unknown sampler {rule!r}; choose one of: auto, {', '.join(sampler_rules())}")
+    return rule
+
+
+def build_batch_sampler(
+    rule: str,
+    labels: Sequence[int],
+    *,
+    cameras: Sequence[int] | None,
+    batch_size: int,
+    num_instances: int,
+    num_batches: int,
+    seed: int,
+    epoch: int,
+    num_replicas: int = 1,
+    rank: int = 0,
+) -> Sampler[int]:
+    """This process's share of an epoch's ``num_batches`` global batches, drawn by ``rule``."""
+    if rule == DISTINCT_IDENTITIES:
+        sampler: IdentitySampler | PassSampler = IdentitySampler(
+            labels, cameras=cameras, batch_size=batch_size, num_instances=num_instances, num_batches=num_batches,
+            seed=seed, num_replicas=num_replicas, rank=rank)
+    else:
+        sampler = PassSampler(labels, rule=rule, cameras=cameras, batch_size=batch_size, num_instances=num_instances,
+                              num_batches=num_batches, seed=seed, num_replicas=num_replicas, rank=rank)
+    sampler.set_epoch(epoch)
+    return sampler
+
+
+def batches_per_pass(labels: Sequence[int], batch_size: int, num_instances: int) -> int:
+    """Batches that one pass over the labelled identities takes at K images each: what an epoch of
+    ``iters_per_epoch: 0`` trains (at least one)."""
+    labels = np.asarray(labels)
+    identities = len(np.unique(labels[labels >= 0]))
+    return max(1, identities * num_instances // batch_size)

@@ -1,11 +1,18 @@
-"""The alternating cluster -> adapt loop behind ``udareid adapt`` and ``udareid usl``.
+"""The one training loop: ``udareid train``, the UDA source stage, ``udareid adapt`` and ``usl``.
 
-Per epoch: target features (from the method, or extracted) -> clustering stage -> the method's
-labels -> ``adapt.iters_per_epoch`` training steps with the method's losses -> evaluation every
-``adapt.eval_every`` epochs -> checkpoints and logs. The first row of ``metrics.jsonl`` (epoch 0)
-evaluates the initial model: the direct-transfer figure adaptation is measured against.
+Per epoch: the training labels (the person ids for supervised training; else the target features,
+from the method or extracted, -> clustering stage -> the method's labels) -> one epoch of training
+steps with the method's losses -> evaluation every ``eval_every`` epochs -> the epoch's row in
+``metrics.jsonl`` -> ``last.pt``. The first row (epoch 0) evaluates the initial model, the
+direct-transfer figure adaptation is measured against (supervised training from scratch skips it).
 
-The loop knows no method by name: everything method-specific goes through ``methods.base.Method``.
+An **epoch** is ``iters_per_epoch`` batches of the method's settings section (``train`` for
+supervised training, ``adapt`` otherwise), or with ``iters_per_epoch: 0`` as many batches as one
+pass over the labelled identities takes at K images each (``adapt.passes_per_epoch`` > 0: that
+many passes over the labelled images instead).
+
+The loop knows no method by name: everything method-specific goes through ``methods.base.Method``;
+supervised training is the method ``supervised`` (``methods.supervised``).
 
 Under torchrun (``engine.distributed``) every process runs this loop: features are extracted in
 shares and gathered, rank 0 clusters and every rank receives its result, each rank trains on its
@@ -27,18 +34,18 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from ..clustering import cluster_stage
+from ..clustering import ClusterResult, cluster_stage
 from ..config import RunConfig, save_config, update_dataclass
 from ..data.datasets import ReidDataset, Sample, load_dataset
 from ..data.image_dataset import ImageDataset, readable_samples
-from ..data.samplers import SAMPLERS, PassSampler
+from ..data.samplers import batches_per_pass, build_batch_sampler, check_sampler_rule
 from ..data.transforms import build_train_transform
-from ..errors import ConfigError
+from ..errors import ConfigError, TrainingDivergedError
 from ..evaluation.distances import dataset_histograms, save_histograms
 from ..evaluation.protocol import evaluate_model
-from ..fileio import atomic_write_text
+from ..fileio import atomic_write_text, remove_stale_temporaries
 from ..losses.gds import GlobalDistanceSeparation
-from ..methods import AdaptContext, Method, build_method
+from ..methods import AdaptContext, EpochLabels, Method, build_method
 from ..models.batchnorm import convert_to_grouped_bn
 from ..models.factory import build_model
 from .checkpoints import load_checkpoint, save_checkpoint
@@ -48,7 +55,6 @@ from .features import extract_features
 from .optim import build_optimizer, build_scheduler
 from .run_log import RunLog
 from .seeding import seed_everything
-from .supervised import TrainingDivergedError, train_supervised
 
 
 def clusterer_options(config: RunConfig) -> dict[str, Any]:
@@ -63,11 +69,12 @@ def clusterer_options(config: RunConfig) -> dict[str, Any]:
     return {}
 
 
-class AdaptationLoop:
-    """One adaptation run in ``run_dir``; ``run()`` returns the summary (also ``summary.json``).
+class TrainingLoop:
+    """One training run in ``run_dir``; ``run()`` returns the summary (also ``summary.json``).
 
     ``dist``: this process's place in a torchrun run (``engine.distributed``); by default it is read
-    from the environment (a single process without torchrun).
+    from the environment (a single process without torchrun). ``resume``: continue from
+    ``last.pt`` (or, when a UDA run was stopped in its source stage, from that stage's).
     """
 
     def __init__(
@@ -90,14 +97,17 @@ class AdaptationLoop:
         self.progress = progress and self.dist.is_main
         self.device = self.dist.device
         self.method: Method = build_method(config)  # checks method and options before any work
-        self.sampler_rule = config.adapt.sampler if config.adapt.sampler != "auto" else self.method.sampler
-        SAMPLERS.get(self.sampler_rule)  # an unknown adapt.sampler is named before any work
+        self.stage = getattr(config, self.method.settings_section)  # epochs, iterations, evaluation, BN
+        rule = config.adapt.sampler if config.adapt.sampler != "auto" else self.method.sampler
+        self.sampler_rule = check_sampler_rule(rule)  # an unknown adapt.sampler is named before any work
         update_dataclass(config.optim, config.adapt.source_optim, "adapt.source_optim")  # named before any work
-        check_batch_split(config, self.dist.world_size)
-        if config.source and config.adapt.source_pretrain_epochs > 0 and not config.model.init:  # the source stage's
-            bn_groups_per_process(config.train.bn_groups, self.dist.world_size, sync_bn=config.train.sync_bn, section="train")
+        check_batch_split(config, self.dist.world_size, self.method.settings_section)
         gds_on = config.gds.enabled or config.gds.hard_mining
         self.gds = GlobalDistanceSeparation(config.gds).to(self.device) if gds_on else None
+        self.source_stage = self._source_stage()  # its settings are checked now too
+        if self.dist.is_main:
+            for folder in (self.run_dir, self.run_dir / "epochs"):
+                remove_stale_temporaries(folder)  # left by a kill during a write
         self.log = RunLog(self.run_dir, resume=resume, writes=self.dist.is_main)
 
     # ------------------------------------------------------------------ set-up
@@ -109,19 +119,43 @@ class AdaptationLoop:
     def _samples(self, samples: list[Sample]) -> list[Sample]:
         return readable_samples(samples, progress=self.progress) if self.config.data.skip_unreadable else samples
 
+    def _source_stage(self) -> "TrainingLoop | None":
+        """The supervised source stage still to run (``adapt.source_pretrain_epochs`` > 0 without
+        ``model.init``), or None. Its folder ``source_pretrain/`` is finished only once its
+        ``summary.json`` is written; a stage stopped before continues from its ``last.pt``."""
+        config = self.config
+        if config.model.init or config.adapt.source_pretrain_epochs <= 0 or config.source is None:
+            return None
+        stage_dir = self.run_dir / "source_pretrain"
+        if self.dist.broadcast_object((stage_dir / "summary.json").exists()):  # rank 0's view of the run folder
+            return None
+        resume = self.dist.broadcast_object((stage_dir / "last.pt").exists())
+        return TrainingLoop(source_stage_config(config), stage_dir, data_root=self.data_root, resume=resume,
+                            progress=self.progress, dist=self.dist)
+
     def _initial_model_config(self):
-        """``model.init``, or the source model trained first when ``adapt.source_pretrain_epochs`` > 0."""
+        """``model.init``, or the model of the (finished) source stage."""
         config = self.config
         if config.model.init or config.adapt.source_pretrain_epochs <= 0 or config.source is None:
             return config.model
-        source_dir = self.run_dir / "source_pretrain"
-        best = source_dir / "best.pt"
-        if self.dist.broadcast_object(not best.exists()):  # rank 0's view of the (shared) run folder
-            self.log.info(f"source stage: supervised training on {config.source} -> {source_dir}")
-            resume = self.dist.broadcast_object((source_dir / "last.pt").exists())
-            train_supervised(source_stage_config(config), source_dir, data_root=self.data_root, progress=self.progress,
-                             resume=resume, dist=self.dist)
-        return dataclasses.replace(config.model, init=str(best))
+        stage_dir = self.run_dir / "source_pretrain"
+        if self.source_stage is not None:
+            self.log.info(f"source stage: supervised training on {config.source} -> {stage_dir}"
+                          + (" (continued)" if self.source_stage.resume else ""))
+            self.source_stage.run()
+            seed_everything(config.seed)  # adaptation then draws as a run started with --init <stage>/best.pt
+        return dataclasses.replace(config.model, init=str(stage_dir / "best.pt"))
+
+    def _resume_state(self) -> dict[str, Any] | None:
+        """``last.pt``'s content when resuming a run that wrote one (a UDA run stopped in its source
+        stage has none yet: it then starts its adaptation afresh)."""
+        if not self.resume:
+            return None
+        path = self.run_dir / "last.pt"
+        if not self.dist.broadcast_object(path.exists()):
+            self.log.truncate_after(-1)  # rows written before the first checkpoint are redone
+            return None
+        return load_checkpoint(path, expect_config=self.config)
 
     # ------------------------------------------------------------------ run
     def run(self) -> dict[str, Any]:
@@ -131,27 +165,33 @@ class AdaptationLoop:
             save_config(config, self.run_dir / "config.yaml")
         source, target = self._load()
         target_samples = self._samples(target.train)
-        source_samples = self._samples(source.train) if source is not None else None
+        source_samples = self._samples(source.train) if source is not None and self.method.uses_source_batches else None
+        state = self._resume_state()
+        if state is not None and state["epoch"] + 1 >= self.stage.epochs and (self.run_dir / "summary.json").exists():
+            self.log.info(f"resume: {self.run_dir} already finished its {self.stage.epochs} epochs; nothing to do")
+            return json.loads((self.run_dir / "summary.json").read_text())
 
-        model, report = build_model(self._initial_model_config(), num_classes=0)
+        model, report = build_model(self._initial_model_config(), num_classes=self.method.num_classes(target_samples))
         if report is not None:
             self.log.info(f"initial weights: {report}")
         else:
             self.log.info("initial weights: random (no model.init); the paper recipes expect --init imagenet:PATH")
-        self.log.info(f"method {config.adapt.method}: {self.sampler_rule} batches of {config.data.batch_size} images "
-                      f"(K = {config.data.num_instances})")
+        self.log.info(f"method {config.adapt.method} on {target.name}: {self.sampler_rule} batches of "
+                      f"{config.data.batch_size} images (K = {config.data.num_instances})")
         model = self.method.prepare_model(model)
-        # adapt.bn_groups counts groups of the global batch: each process computes its share of them.
-        local_groups = bn_groups_per_process(config.adapt.bn_groups, dist.world_size, sync_bn=config.adapt.sync_bn)
+        # bn_groups counts groups of the global batch: each process computes its share of them.
+        section = self.method.settings_section
+        local_groups = bn_groups_per_process(self.stage.bn_groups, dist.world_size, sync_bn=self.stage.sync_bn,
+                                             section=section)
         if local_groups > 1:
             model = convert_to_grouped_bn(model, local_groups)
         model.to(self.device)
         # DDP when there are several processes; ``network`` is the model inside (state, evaluation).
-        model = dist.wrap_model(model, sync_bn=config.adapt.sync_bn)
+        model = dist.wrap_model(model, sync_bn=self.stage.sync_bn, sync_bn_key=f"{section}.sync_bn")
         network = unwrap_model(model)
         if dist.is_distributed:
-            statistics = ("the whole batch (SyncBatchNorm)" if config.adapt.sync_bn else
-                          f"{config.adapt.bn_groups} groups of {config.data.batch_size // config.adapt.bn_groups} images")
+            statistics = ("the whole batch (SyncBatchNorm)" if self.stage.sync_bn else
+                          f"{self.stage.bn_groups} groups of {config.data.batch_size // self.stage.bn_groups} images")
             self.log.info(f"{dist.world_size} processes ({dist.backend}): each trains on "
                           f"{config.data.batch_size // dist.world_size} images of every batch of {config.data.batch_size}; "
                           f"BatchNorm statistics over {statistics}")
@@ -170,12 +210,12 @@ class AdaptationLoop:
             dist=dist,
         )
 
-        start_epoch, best_map, state = 0, -1.0, None
-        if self.resume:
-            state = load_checkpoint(self.run_dir / "last.pt", expect_config=config)
+        start_epoch, best_map = 0, -1.0
+        if state is not None:
             rng_states = rank_rng_states(state["train_state"], dist.world_size)
             # Into the module inside DDP: a PPLR model re-creates its heads there, outside DDP.
-            network.load_state_dict(state["train_state"]["model"])
+            trained = state["train_state"]["model"]
+            network.load_state_dict(state["model"] if trained is None else trained)
             optimizer.load_state_dict(state["train_state"]["optimizer"])
             scheduler.load_state_dict(state["train_state"]["scheduler"])
             start_epoch, best_map = state["epoch"] + 1, state["best_mAP"]
@@ -194,51 +234,17 @@ class AdaptationLoop:
                               f"were re-seeded, so the draws differ from an uninterrupted run")
         else:
             dist.seed_rank_streams(config.seed)
-            figures = self._evaluate(network, target)
-            best_map = figures["mAP"]
-            self.log.append({"epoch": 0, **figures})
-            self._save("best.pt", network, optimizer, scheduler, -1, best_map)
+            if self.method.evaluates_initial_model:
+                figures = self._evaluate(network, target)
+                best_map = figures["mAP"]
+                self.log.append({"epoch": 0, **figures})
+                self._save_best(network, -1, best_map)
 
-        last_figures: dict[str, float] = {}
-        for epoch in range(start_epoch, config.adapt.epochs):
+        for epoch in range(start_epoch, self.stage.epochs):
             row: dict[str, Any] = {"epoch": epoch + 1}
             started = time.perf_counter()
             ctx.epoch = epoch
-            features = self.method.target_features(ctx)
-            if features is None:
-                features = extract_features(network, target_samples, config.data, device=self.device,
-                                            progress=self.progress, desc="target features", dist=dist)
-            # Once, on rank 0; every rank gets the same result and refines it identically.
-            result = dist.on_main(
-                cluster_stage,
-                features,
-                clusterer=config.clustering.clusterer,
-                clusterer_options=clusterer_options(config),
-                k1=config.clustering.k1,
-                k2=config.clustering.k2,
-                knn=config.clustering.knn,
-                max_distance=self.method.cluster_max_distance(),
-            )
-            row.update(clusters=result.num_clusters, outliers=result.num_outliers,
-                       cluster_seconds=round(sum(result.timings.values()), 3))
-            if result.num_clusters == 0:
-                self.log.info(f"epoch {epoch + 1}: every target image is an outlier; training on instances")
-            elif result.num_clusters == 1 and result.num_outliers == 0:
-                self.log.info(f"epoch {epoch + 1}: all target images fell into one cluster")
-            epoch_labels = self.method.on_clusters(result, features, ctx)
-            if dist.is_distributed:
-                checksum = dist.check_identical(
-                    f"the pseudo-labels and clustered features of epoch {epoch + 1}",
-                    result.labels, epoch_labels.labels, features,
-                )
-                self.log.info(f"epoch {epoch + 1}: pseudo-labels identical on all {dist.world_size} processes "
-                              f"(checksum {checksum})")
-            row.update(epoch_labels.figures)
-            if dist.is_main:
-                save_epoch_record(self.run_dir, epoch + 1, cluster_labels=result.labels,
-                                  training_labels=epoch_labels.labels, scores=epoch_labels.scores)
-                if epoch_labels.scores:
-                    plot_score_distributions(self.run_dir)
+            epoch_labels = self._epoch_labels(ctx, network, epoch, row)
             _set_head_parameters(optimizer, self.method.head_parameters())
             row.update(self._train_epoch(ctx, optimizer, epoch, epoch_labels.labels))
             _set_head_parameters(optimizer, [])  # next epoch's heads start afresh; checkpoints stay shape-free
@@ -247,31 +253,84 @@ class AdaptationLoop:
                 row.update(self.gds.figures())
             row["lr"] = optimizer.param_groups[0]["lr"]
             scheduler.step()
-            due = config.adapt.eval_every > 0 and (epoch + 1) % config.adapt.eval_every == 0
-            if due or epoch + 1 == config.adapt.epochs:
-                last_figures = self._evaluate(network, target)
-                row.update(last_figures)
-                if last_figures["mAP"] > best_map:
-                    best_map = last_figures["mAP"]
-                    self._save("best.pt", network, optimizer, scheduler, epoch, best_map)
+            due = self.stage.eval_every > 0 and (epoch + 1) % self.stage.eval_every == 0
+            if due or epoch + 1 == self.stage.epochs:
+                figures = self._evaluate(network, target)
+                row.update(figures)
+                if figures["mAP"] > best_map:
+                    best_map = figures["mAP"]
+                    self._save_best(network, epoch, best_map)
             row["epoch_seconds"] = round(time.perf_counter() - started, 2)
-            self._save("last.pt", network, optimizer, scheduler, epoch, best_map)
+            # The row before the checkpoint: a kill between them redoes the epoch from the previous
+            # last.pt, and the resumed run drops the row, so rows and checkpoint always agree.
             self.log.append(row)
+            self._save_last(network, optimizer, scheduler, epoch, best_map)
 
-        return self._finish(network, target, best_map, last_figures)
+        return self._finish(network, target, best_map)
 
     # ------------------------------------------------------------------ pieces
-    def _batch_sampler(self, labels, cameras, *, num_batches: int, epoch: int, seed: int) -> PassSampler:
+    def _epoch_labels(self, ctx: AdaptContext, network, epoch: int, row: dict[str, Any]) -> EpochLabels:
+        """This epoch's training labels: the clustering stage and the method's refinement of it, or
+        (supervised training) the samples' own person ids."""
+        config, dist = self.config, self.dist
+        if not self.method.clusters:
+            return self.method.on_clusters(ground_truth_clusters(ctx.target_samples), None, ctx)
+        features = self.method.target_features(ctx)
+        if features is None:
+            features = extract_features(network, ctx.target_samples, config.data, device=self.device,
+                                        progress=self.progress, desc="target features", dist=dist)
+        # Once, on rank 0; every rank gets the same result and refines it identically.
+        result = dist.on_main(
+            cluster_stage,
+            features,
+            clusterer=config.clustering.clusterer,
+            clusterer_options=clusterer_options(config),
+            k1=config.clustering.k1,
+            k2=config.clustering.k2,
+            knn=config.clustering.knn,
+            max_distance=self.method.cluster_max_distance(),
+        )
+        row.update(clusters=result.num_clusters, outliers=result.num_outliers,
+                   cluster_seconds=round(sum(result.timings.values()), 3))
+        if result.num_clusters == 0:
+            self.log.info(f"epoch {epoch + 1}: every target image is an outlier; training on instances")
+        elif result.num_clusters == 1 and result.num_outliers == 0:
+            self.log.info(f"epoch {epoch + 1}: all target images fell into one cluster")
+        epoch_labels = self.method.on_clusters(result, features, ctx)
+        if dist.is_distributed:
+            checksum = dist.check_identical(
+                f"the pseudo-labels and clustered features of epoch {epoch + 1}",
+                result.labels, epoch_labels.labels, features,
+            )
+            self.log.info(f"epoch {epoch + 1}: pseudo-labels identical on all {dist.world_size} processes "
+                          f"(checksum {checksum})")
+        row.update(epoch_labels.figures)
+        if dist.is_main:
+            save_epoch_record(self.run_dir, epoch + 1, cluster_labels=result.labels,
+                              training_labels=epoch_labels.labels, scores=epoch_labels.scores)
+            if epoch_labels.scores:
+                plot_score_distributions(self.run_dir)
+        return epoch_labels
+
+    def _iterations(self, labels: np.ndarray) -> int:
+        """Batches in this epoch (see the module's definition of an epoch)."""
+        data = self.config.data
+        passes = getattr(self.stage, "passes_per_epoch", 0.0)
+        if passes > 0:
+            return max(1, int(passes * int((labels >= 0).sum()) / data.batch_size))
+        if self.stage.iters_per_epoch > 0:
+            return self.stage.iters_per_epoch
+        return batches_per_pass(labels, data.batch_size, data.num_instances)
+
+    def _batch_sampler(self, labels, cameras, *, num_batches: int, epoch: int, seed: int):
         """This process's share of the epoch's batches, drawn by the method's rule (``adapt.sampler``)."""
-        sampler = PassSampler(
-            labels, rule=self.sampler_rule, cameras=cameras, batch_size=self.config.data.batch_size,
-            num_instances=self.config.data.num_instances, num_batches=num_batches, seed=seed,
+        return build_batch_sampler(
+            self.sampler_rule, labels, cameras=cameras, batch_size=self.config.data.batch_size,
+            num_instances=self.config.data.num_instances, num_batches=num_batches, seed=seed, epoch=epoch,
             num_replicas=self.dist.world_size, rank=self.dist.rank,
         )
-        sampler.set_epoch(epoch)
-        return sampler
 
-    def _loader(self, samples: list[Sample], sampler: PassSampler, labels=None) -> DataLoader:
+    def _loader(self, samples: list[Sample], sampler, labels=None) -> DataLoader:
         """This process's slices of the sampler's global batches."""
         return DataLoader(
             ImageDataset(samples, build_train_transform(self.config.data), labels=labels),
@@ -287,21 +346,19 @@ class AdaptationLoop:
         if (labels >= 0).sum() == 0:
             self.log.info(f"epoch {epoch + 1}: no target image has a training label; epoch skipped")
             return {}
-        iterations = config.adapt.iters_per_epoch
-        if config.adapt.passes_per_epoch > 0:
-            iterations = max(1, int(config.adapt.passes_per_epoch * int((labels >= 0).sum()) / config.data.batch_size))
+        iterations = self._iterations(labels)
         sampler = self._batch_sampler(labels, [s.camid for s in ctx.target_samples], num_batches=iterations, epoch=epoch,
-                               seed=config.seed)
+                                      seed=config.seed)
         loader = self._loader(ctx.target_samples, sampler, labels=labels)
         source_loader = None
         if self.method.uses_source_batches:  # the same draws for every epoch's source batches, from seed + 1
             source = ctx.source_samples
             source_sampler = self._batch_sampler([s.pid for s in source], [s.camid for s in source], num_batches=iterations,
-                                          epoch=epoch, seed=config.seed + 1)
+                                                 epoch=epoch, seed=config.seed + 1)
             source_loader = iter(self._loader(source, source_sampler))
         ctx.model.train()
         totals: dict[str, float] = {}
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.adapt.epochs}", disable=not self.progress, leave=False)
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{self.stage.epochs}", disable=not self.progress, leave=False)
         for iteration, target_batch in enumerate(bar):
             batch = {"target": {**target_batch, "label": target_batch["pid"]}}
             if source_loader is not None:
@@ -312,10 +369,12 @@ class AdaptationLoop:
                 batch_labels = batch["target"]["label"].to(step.target_features.device)
                 losses.update(self.gds(self.dist.gather_batch(step.target_features), self.dist.gather_batch(batch_labels)))
             loss = sum(losses.values())
-            # The global batch's figures: the mean over ranks of their slices' (equal-size) losses.
-            values = dict(zip(["loss", *losses], self.dist.mean(torch.stack([v.detach().float() for v in (loss, *losses.values())])).tolist()))
+            # The global batch's figures: the mean over ranks of their slices' (equal-size) values.
+            names = ["loss", *losses, *step.figures]
+            tensors = [v.detach().float() for v in (loss, *losses.values(), *step.figures.values())]
+            values = dict(zip(names, self.dist.mean(torch.stack(tensors)).tolist()))
             if not math.isfinite(values["loss"]):  # the same decision on every rank
-                named = ", ".join(f"{k} {v:.4g}" for k, v in values.items() if k != "loss")
+                named = ", ".join(f"{k} {values[k]:.4g}" for k in losses)
                 raise TrainingDivergedError(
                     f"loss became {values['loss']} at epoch {epoch + 1}, iteration {iteration + 1} ({named}); stopped. "
                     f"The last good checkpoint {self.run_dir / 'last.pt'} is kept; try a lower optim.lr"
@@ -335,21 +394,35 @@ class AdaptationLoop:
         return evaluate_model(network, target, self.config.data, device=self.device, progress=self.progress,
                               dist=self.dist)
 
-    def _save(self, name: str, network, optimizer, scheduler, epoch: int, best_map: float) -> None:
-        """Rank 0 writes (every rank calls: the random states of all ranks are gathered)."""
-        # "model" is a plain ReidModel state dict (what evaluate / --init read); "train_state"
-        # holds everything a resumed run needs to continue exactly.
+    def _exported(self, network) -> dict[str, torch.Tensor]:
+        """The plain ``ReidModel`` weights (what evaluate / --init read)."""
+        return self.method.export_state_dict(network)
+
+    def _save_best(self, network, epoch: int, best_map: float) -> None:
+        """``best.pt``: the exported model only (it is never resumed from)."""
+        if self.dist.is_main:
+            model = self._exported(network)
+            save_checkpoint(self.run_dir / "best.pt", self.config, epoch, model=model,
+                            num_classes=_classifier_size(model), best_mAP=best_map)
+        self.dist.barrier()  # nobody reads a checkpoint before it is complete
+
+    def _save_last(self, network, optimizer, scheduler, epoch: int, best_map: float) -> None:
+        """``last.pt``: the exported model and everything a resumed run needs to continue exactly.
+        Rank 0 writes (every rank calls: the random states of all ranks are gathered)."""
         rng_states = self.dist.all_gather_object(_rng_state())
         if self.dist.is_main:
+            model = self._exported(network)
+            trained = network.state_dict()
             save_checkpoint(
-                self.run_dir / name,
+                self.run_dir / "last.pt",
                 self.config,
                 epoch,
-                model=self.method.export_state_dict(network),
-                num_classes=0,
+                model=model,
+                num_classes=_classifier_size(model),
                 best_mAP=best_map,
                 train_state={
-                    "model": network.state_dict(),
+                    # None: the trained model is the exported one (stored once)
+                    "model": None if _same_tensors(model, trained) else trained,
                     "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(),
                     "method": self.method.state_dict(),
@@ -357,55 +430,91 @@ class AdaptationLoop:
                     "rng": rng_states,  # one per rank, in rank order
                 },
             )
-        self.dist.barrier()  # nobody reads a checkpoint before it is complete
+        self.dist.barrier()
 
-    def _finish(self, model, target: ReidDataset, best_map: float, last: dict[str, float]) -> dict[str, Any]:
-        rows = self.log.rows
+    def _finish(self, model, target: ReidDataset, best_map: float) -> dict[str, Any]:
+        initial = next((r for r in self.log.rows if r.get("epoch") == 0), None)
+        final = next((r for r in self.log.rows if r.get("epoch") == self.stage.epochs), {})  # always evaluated
+        last = {k: final[k] for k in ("mAP", "rank1", "rank5", "rank10") if k in final}
         summary = {
             "method": self.config.adapt.method,
             "source": self.config.source,
             "target": target.name,
-            "direct_transfer": {k: v for k, v in rows[0].items() if k != "epoch"} if rows else {},
+            "epochs": self.stage.epochs,
+            "initial": {k: v for k, v in initial.items() if k != "epoch"} if initial else {},
             "last": last,
             "best_mAP": best_map,
         }
         for name in self.config.eval_datasets:
             other = load_dataset(name, self.data_root)
             summary.setdefault("also_evaluated", {})[other.name] = self._evaluate(model, other)
-        if self.dist.is_main:
-            atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+        for name, figures in {target.name: last, **summary.get("also_evaluated", {})}.items():
+            self.log.info(f"final {name}: " + ", ".join(f"{k} {v:.1f}" for k, v in figures.items()))
         if self.gds is not None and self.dist.is_main:  # the pictures GDS explains itself with (any run: udareid plot-distances)
             histograms = dataset_histograms(model, target, self.config.data, device=self.device, progress=self.progress)
             save_histograms(histograms, self.run_dir, title=f"{self.config.adapt.method} + GDS, last epoch, {target.name}")
+        if self.dist.is_main:  # last: its presence says the run is complete
+            atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
         self.dist.barrier()
         return summary
 
 
-def source_stage_config(config: RunConfig) -> RunConfig:
-    """The supervised source stage of a UDA run: ``train`` settings, ``optim`` with ``adapt.source_optim``."""
+def ground_truth_clusters(samples: list[Sample]) -> ClusterResult:
+    """The "clustering" of supervised training: every sample's own person id."""
+    labels = np.asarray([s.pid for s in samples], dtype=np.int64)
+    return ClusterResult(labels=labels, num_clusters=len(np.unique(labels[labels >= 0])),
+                         num_outliers=int((labels < 0).sum()))
+
+
+def _classifier_size(state: dict[str, torch.Tensor]) -> int:
+    weight = state.get("classifier.weight")
+    return 0 if weight is None else int(weight.shape[0])
+
+
+def _same_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(a[k] is b[k] or torch.equal(a[k], b[k]) for k in a)
+
+
+def supervised_config(config: RunConfig) -> RunConfig:
+    """``config`` as a supervised run on ``config.dataset`` (``udareid train``): the method
+    ``supervised`` with the ``train`` settings, evaluated on the same dataset."""
     return dataclasses.replace(
+        config,
+        source=None,
+        target=config.dataset,
+        adapt=dataclasses.replace(config.adapt, method="supervised", sampler="auto", source_pretrain_epochs=0),
+        method_options={},
+    )
+
+
+def source_stage_config(config: RunConfig) -> RunConfig:
+    """The supervised source stage of a UDA run: ``train`` settings on the source, ``optim`` with
+    ``adapt.source_optim``, no add-on terms."""
+    return supervised_config(dataclasses.replace(
         config,
         dataset=config.source,
         eval_datasets=[],
         optim=update_dataclass(config.optim, config.adapt.source_optim, "adapt.source_optim"),
         train=dataclasses.replace(config.train, epochs=config.adapt.source_pretrain_epochs),
-    )
+        gds=dataclasses.replace(config.gds, enabled=False, hard_mining=False),
+    ))
 
 
-def check_batch_split(config: RunConfig, world_size: int) -> None:
+def check_batch_split(config: RunConfig, world_size: int, section: str = "adapt") -> None:
     """Refuse batch and BatchNorm settings the processes cannot split (equal slices of each batch,
-    BatchNorm groups that are equal parts of the batch and a multiple of the processes)."""
-    data, adapt_config = config.data, config.adapt
+    BatchNorm groups that are equal parts of the batch and a multiple of the processes).
+    ``section``: where the BatchNorm settings are (``adapt`` or ``train``)."""
+    data, adapt_config = config.data, getattr(config, section)
     if data.num_instances < 1 or data.batch_size < 1 or data.batch_size % world_size:
         raise ConfigError(
             f"data.batch_size ({data.batch_size}) must be a positive multiple of the number of processes "
             f"({world_size}) and data.num_instances ({data.num_instances}) positive, so that every process "
             f"gets an equal share of each batch; change data.batch_size or the number of processes"
         )
-    bn_groups_per_process(adapt_config.bn_groups, world_size, sync_bn=adapt_config.sync_bn)
+    bn_groups_per_process(adapt_config.bn_groups, world_size, sync_bn=adapt_config.sync_bn, section=section)
     if data.batch_size % adapt_config.bn_groups:
         raise ConfigError(
-            f"adapt.bn_groups ({adapt_config.bn_groups}) must divide data.batch_size ({data.batch_size}): "
+            f"{section}.bn_groups ({adapt_config.bn_groups}) must divide data.batch_size ({data.batch_size}): "
             f"BatchNorm groups are equal parts of the batch"
         )
 
@@ -454,8 +563,13 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 
 def adapt(config: RunConfig, run_dir: str | Path, **kwargs: Any) -> dict[str, Any]:
-    """Run (or with ``resume=True`` continue) an adaptation; see :class:`AdaptationLoop`.
+    """Run (or with ``resume=True`` continue) an adaptation or USL run; see :class:`TrainingLoop`.
 
     Under torchrun, call it on every process (``dist=`` the context from ``init_distributed``).
     """
-    return AdaptationLoop(config, run_dir, **kwargs).run()
+    return TrainingLoop(config, run_dir, **kwargs).run()
+
+
+def train_supervised(config: RunConfig, run_dir: str | Path, **kwargs: Any) -> dict[str, Any]:
+    """Supervised training on ``config.dataset`` (``udareid train``), on the same loop."""
+    return TrainingLoop(supervised_config(config), run_dir, **kwargs).run()

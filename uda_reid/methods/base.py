@@ -71,11 +71,13 @@ class StepOutput:
 
     ``losses``: named loss tensors (summed by the loop). ``target_features``: the embedding of the
     target batch (``N×D``, with gradients; this process's slice under torchrun) that add-on terms
-    act on, e.g. GDS with ``--gds``.
+    act on, e.g. GDS with ``--gds``. ``figures``: other scalars worth logging per epoch (averaged
+    like the losses, not trained on), e.g. the training accuracy.
     """
 
     losses: dict[str, torch.Tensor]
     target_features: torch.Tensor
+    figures: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
 
 
 @dataclass
@@ -98,9 +100,15 @@ class Method(abc.ABC):
 
     #: dataclass of the method's options (recipe section ``method_options``); checked strictly.
     Options: type = NoOptions
-    #: How its batches are drawn (a name in ``data.samplers.SAMPLERS``; ``adapt.sampler`` overrides it):
-    #: the reference loaders of SpCL, cluster-contrast and PPLR by default.
+    #: How its batches are drawn (a rule of ``data.samplers.build_batch_sampler``; ``adapt.sampler``
+    #: overrides it): the reference loaders of SpCL, cluster-contrast and PPLR by default.
     sampler: str = "multi_gallery"
+    #: The config section with its epochs, iterations, evaluation period and BatchNorm settings.
+    settings_section: str = "adapt"
+    #: False: the training labels are the samples' own person ids (supervised training), nothing is clustered.
+    clusters: bool = True
+    #: Whether epoch 0 evaluates the initial model (the direct-transfer figure adaptation is measured against).
+    evaluates_initial_model: bool = True
 
     def __init__(self, config: RunConfig) -> None:
         self.config = config
@@ -114,6 +122,10 @@ class Method(abc.ABC):
     def uses_source_batches(self) -> bool:
         """Whether every iteration also draws a labelled source batch (UDA end to end, as SpCL)."""
         return False
+
+    def num_classes(self, samples: list[Sample]) -> int:
+        """Size of the model's own classifier for these training samples (0: none; heads live in the method)."""
+        return 0
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
         """Change the model's structure before training (e.g. domain-specific BN). Default: as is."""
