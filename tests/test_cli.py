@@ -9,7 +9,7 @@ from click.testing import CliRunner
 from uda_reid.cli import cli
 from uda_reid.config import RunConfig, apply_overrides
 from uda_reid.data.datasets import load_dataset
-from uda_reid.engine.checkpoints import save_checkpoint
+from uda_reid.models.checkpoints import save_checkpoint
 from uda_reid.evaluation.protocol import evaluate_model
 from uda_reid.models import ReidModel
 

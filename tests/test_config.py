@@ -68,6 +68,19 @@ def test_every_shipped_recipe_loads_strictly():
         assert isinstance(load_recipe(path), RunConfig), path
 
 
+def test_every_published_setting_extends_its_method_base_recipe():
+    """One base per method family (``<method>_uda`` / ``<method>_usl``); a published setting lists what differs."""
+    import re
+
+    for path in sorted(recipes_dir().glob("*.yaml")):
+        name = path.stem
+        if "synth" in name or name in {"supervised"} or re.fullmatch(r"\w+_(uda|usl)", name):
+            continue  # bases, and the small CPU recipes that stand alone
+        text = path.read_text()
+        assert re.search(r"^extends: \w+$", text, re.M), f"{path.name} copies its family's settings instead of extends"
+        assert len([line for line in text.splitlines() if line and not line.startswith("#")]) <= 15, path.name
+
+
 def test_unknown_recipe_name_lists_known_ones():
     with pytest.raises(ConfigError, match="known recipes: .*supervised"):
         find_recipe("no_such_recipe")

@@ -73,7 +73,7 @@ def assert_resume_reaches_the_uninterrupted_run(config, run_root: Path, data_roo
     import torch
 
     from uda_reid.engine import run_log
-    from uda_reid.engine.checkpoints import load_checkpoint
+    from uda_reid.models.checkpoints import load_checkpoint
     from uda_reid.engine.loop import adapt
 
     adapt(config, run_root / "full", data_root=data_root, progress=False)

@@ -104,7 +104,7 @@ def _prepare_run_dir(out: Path, resume: bool) -> None:
 def train(dataset, recipe, data_root, out, init, arch, epochs, eval_on, device, seed, resume, set_options, quiet):
     """Supervised training (ID + triplet) on a labelled dataset; stage 1 of UDA."""
     from .config import recipes_dir
-    from .engine.distributed import distributed_session
+    from .distributed import distributed_session
     from .engine.loop import train_supervised
 
     if recipe is None:
@@ -180,7 +180,7 @@ def _default_adapt_recipe(method: str, source: str | None, target: str, *, camer
 def _run_adaptation(source, target, method, recipe, data_root, out, init, arch, clusterer, gds, gds_hard,
                     camera_proxies, epochs, eval_on, device, seed, resume, set_options, quiet):
     from .data.datasets import canonical_name
-    from .engine.distributed import distributed_session
+    from .distributed import distributed_session
     from .engine.loop import adapt as run_adaptation
 
     source = canonical_name(source) if source else None
@@ -274,7 +274,7 @@ def usl(dataset, **options):
 def evaluate(dataset, weights, arch, recipe, data_root, device, rerank, as_json, quiet):
     """mAP and Rank-1/5/10 of a model on a dataset's query/gallery (Market protocol)."""
     from .data.datasets import load_dataset
-    from .engine.device import resolve_device
+    from .device import resolve_device
     from .evaluation.protocol import evaluate_model
     from .models.factory import model_from_weights
 
@@ -307,7 +307,7 @@ def plot_distances(run_dir, checkpoint, data_root, device, quiet):
     Writes distances.png and distances.json into the run folder (GDS runs write them at the end).
     """
     from .data.datasets import load_dataset
-    from .engine.device import resolve_device
+    from .device import resolve_device
     from .evaluation.distances import dataset_histograms, save_histograms
     from .models.factory import model_from_weights
 
@@ -414,18 +414,33 @@ def data_stats(dataset, data_root, options, as_json):
 
 
 # --------------------------------------------------------------------------- bench
-@cli.group()
+class _BenchmarkGroup(click.Group):
+    """``udareid bench NAME``: the scripts of ``benchmarks/``, loaded only when one is called."""
+
+    scripts = {"clustering": ("clustering_stage.py", "clustering_bench")}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(self.scripts)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in self.scripts:
+            return None
+        import importlib.util
+
+        file_name, command = self.scripts[name]
+        path = Path(__file__).resolve().parent.parent / "benchmarks" / file_name
+        if not path.is_file():
+            raise ConfigError(f"udareid bench {name} runs {path}, which is part of the source checkout "
+                              f"(benchmarks/ is not installed with the package); run it from a clone")
+        spec = importlib.util.spec_from_file_location(f"uda_reid_benchmark_{name}", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return getattr(module, command)
+
+
+@cli.group(cls=_BenchmarkGroup)
 def bench() -> None:
-    """Benchmarks that print JSON figures (see benchmarks/)."""
-
-
-def _attach_benchmarks() -> None:
-    from .clustering.benchmark import clustering_bench
-
-    bench.add_command(clustering_bench, name="clustering")
-
-
-_attach_benchmarks()
+    """Benchmarks that print JSON figures (the scripts in benchmarks/ of a source checkout)."""
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -4,7 +4,7 @@ import json
 
 import numpy as np
 
-from uda_reid.clustering.benchmark import main, synthetic_features
+from clustering_stage import main, synthetic_features  # benchmarks/ (pytest's pythonpath)
 
 
 def test_benchmark_json_with_reference_and_floor(capsys, tmp_path):

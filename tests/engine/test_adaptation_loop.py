@@ -10,7 +10,7 @@ from tiny_reid_data import assert_resume_reaches_the_uninterrupted_run, tiny_ada
 from uda_reid.clustering import ClusterResult
 from uda_reid.config import apply_overrides
 from uda_reid.data.datasets import load_dataset
-from uda_reid.engine.checkpoints import load_checkpoint
+from uda_reid.models.checkpoints import load_checkpoint
 from uda_reid.engine.loop import adapt
 from uda_reid.errors import TrainingDivergedError
 from uda_reid.errors import CheckpointError, ConfigError, UnknownNameError

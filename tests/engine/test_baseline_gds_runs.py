@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from uda_reid.engine.checkpoints import load_checkpoint
+from uda_reid.models.checkpoints import load_checkpoint
 from uda_reid.engine.loop import TrainingLoop, adapt
 from uda_reid.errors import ConfigError
 from tiny_reid_data import assert_resume_reaches_the_uninterrupted_run, tiny_adapt_config, write_two_domains

@@ -31,8 +31,8 @@ from tiny_reid_data import metrics_rows, tiny_adapt_config, write_two_domains
 from uda_reid.config import RunConfig, apply_overrides, save_config
 from uda_reid.data.datasets import load_dataset
 from uda_reid.data.samplers import IdentitySampler, PassSampler
-from uda_reid.engine.checkpoints import load_checkpoint
-from uda_reid.engine.distributed import (
+from uda_reid.models.checkpoints import load_checkpoint
+from uda_reid.distributed import (
     DistributedContext,
     RankMismatchError,
     bn_groups_per_process,
@@ -40,7 +40,7 @@ from uda_reid.engine.distributed import (
     init_distributed,
 )
 from uda_reid.engine.epoch_records import load_epoch_records
-from uda_reid.engine.features import extract_features
+from uda_reid.models.features import extract_features
 from uda_reid.engine.loop import adapt, check_batch_split, rank_rng_states
 from uda_reid.engine.seeding import seed_everything
 from uda_reid.errors import ConfigError

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from uda_reid.config import RunConfig, apply_overrides
-from uda_reid.engine.checkpoints import load_checkpoint, save_checkpoint
+from uda_reid.models.checkpoints import load_checkpoint, save_checkpoint
 from uda_reid.engine.run_log import RunLog
 from uda_reid.errors import CheckpointError
 from uda_reid.fileio import atomic_path, atomic_write_text, safe_torch_load

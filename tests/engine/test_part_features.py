@@ -12,8 +12,8 @@ from PIL import Image
 from uda_reid.config import DataConfig
 from uda_reid.data.datasets import Sample
 from uda_reid.data.transforms import build_test_transform
-from uda_reid.engine.features import extract_features
-from uda_reid.engine.part_features import extract_part_features
+from uda_reid.models.features import extract_features
+from uda_reid.models.part_features import extract_part_features
 from uda_reid.models.part_model import PartReidModel
 
 

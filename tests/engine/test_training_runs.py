@@ -13,8 +13,9 @@ import pytest
 import torch
 from tiny_reid_data import metrics_rows, tiny_adapt_config, write_two_domains
 
-from uda_reid.engine import checkpoints, loop, run_log
-from uda_reid.engine.checkpoints import load_checkpoint
+from uda_reid.engine import loop, run_log
+from uda_reid.models import checkpoints
+from uda_reid.models.checkpoints import load_checkpoint
 from uda_reid.engine.loop import adapt, train_supervised
 from uda_reid.fileio import atomic_write_text
 from uda_reid.models.factory import model_from_weights

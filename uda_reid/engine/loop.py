@@ -48,10 +48,10 @@ from ..losses.gds import GlobalDistanceSeparation
 from ..methods import AdaptContext, EpochLabels, Method, build_method
 from ..models.batchnorm import convert_to_grouped_bn
 from ..models.factory import build_model
-from .checkpoints import load_checkpoint, save_checkpoint
-from .distributed import DistributedContext, bn_groups_per_process, init_distributed, unwrap_model
+from ..models.checkpoints import load_checkpoint, save_checkpoint
+from ..distributed import DistributedContext, bn_groups_per_process, init_distributed, unwrap_model
 from .epoch_records import plot_score_distributions, save_epoch_record
-from .features import extract_features
+from ..models.features import extract_features
 from .optim import build_optimizer, build_scheduler
 from .run_log import RunLog
 from .seeding import seed_everything

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from ..config import DataConfig
 from ..data.datasets import ReidDataset
-from ..engine.features import extract_features
+from ..models.features import extract_features
 from ..fileio import atomic_path, atomic_write_text
 
 BINS = 100

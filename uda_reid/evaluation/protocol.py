@@ -11,12 +11,12 @@ from torch import nn
 
 from ..config import DataConfig
 from ..data.datasets import ReidDataset
-from ..engine.features import extract_features
+from ..models.features import extract_features
 from ..errors import DatasetLayoutError
 from .ranking import evaluate_ranking
 
 if TYPE_CHECKING:
-    from ..engine.distributed import DistributedContext
+    from ..distributed import DistributedContext
 
 
 def squared_euclidean(query: torch.Tensor, gallery: torch.Tensor) -> np.ndarray:

@@ -20,7 +20,7 @@ from torch import nn
 from ..clustering import ClusterResult
 from ..config import RunConfig, update_dataclass
 from ..data.datasets import Sample
-from ..engine.distributed import DistributedContext, unwrap_model
+from ..distributed import DistributedContext, unwrap_model
 from ..registry import Registry
 
 METHODS: Registry[type["Method"]] = Registry("method", "--method")

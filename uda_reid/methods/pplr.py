@@ -23,7 +23,7 @@ from torch import nn
 
 from ..clustering import ClusterResult, knn_search
 from ..clustering.agreement import cross_agreement
-from ..engine.part_features import extract_part_features
+from ..models.part_features import extract_part_features
 from ..errors import ConfigError
 from ..losses import batch_hard_triplet_loss
 from ..losses.pplr import part_identity_loss, pglr_loss, pglr_targets

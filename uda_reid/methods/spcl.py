@@ -21,7 +21,7 @@ from torch import nn
 
 from ..clustering import ClusterResult, DBSCANClusterer
 from ..clustering.reliability import SelfPacedCriterion, unique_outlier_labels
-from ..engine.features import extract_features
+from ..models.features import extract_features
 from ..memory import HybridMemory, class_centroids
 from ..models.batchnorm import bn_domain, convert_to_domain_specific_bn, domain_specific_to_plain
 from .base import METHODS, AdaptContext, EpochLabels, Method, StepOutput

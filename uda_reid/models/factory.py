@@ -8,6 +8,7 @@ from pathlib import Path
 from ..config import ModelConfig, RunConfig, config_from_dict
 from ..errors import CheckpointError
 from ..fileio import safe_torch_load
+from .checkpoints import is_run_checkpoint, load_checkpoint
 from .checkpoint_import import ImportReport, load_init, lup_uses_extra_bn
 from .reid_model import ReidModel
 
@@ -40,8 +41,6 @@ def model_from_weights(weights: str, arch: str = "resnet50") -> tuple[ReidModel,
     config), or an init spec (``imagenet:PATH``, ``lup:PATH``, ``upreid:PATH``, or a plain state
     dict) loaded into ``arch`` with the default settings.
     """
-    from ..engine.checkpoints import load_checkpoint, is_run_checkpoint
-
     if Path(weights).is_file() and is_run_checkpoint(safe_torch_load(weights)):
         payload = load_checkpoint(weights)
         config = config_from_dict(payload["config"])

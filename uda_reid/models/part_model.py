@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import CheckpointError, ConfigError
-from ..memory.hybrid import class_centroids
+from ..centroids import class_centroids
 from .necks import POOLINGS, BNNeck, HorizontalPartPooling
 from .reid_model import ReidModel
 

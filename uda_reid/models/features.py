@@ -15,7 +15,7 @@ from ..data.image_dataset import ImageDataset
 from ..data.transforms import build_test_transform
 
 if TYPE_CHECKING:
-    from .distributed import DistributedContext
+    from ..distributed import DistributedContext
 
 
 def eval_loader(samples: Sequence[Sample], data_config: DataConfig, device: torch.device) -> DataLoader:

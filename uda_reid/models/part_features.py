@@ -9,7 +9,7 @@ from tqdm import tqdm
 
 from ..config import DataConfig
 from ..data.datasets import Sample
-from ..models.part_model import PartReidModel
+from .part_model import PartReidModel
 from .features import eval_loader
 
 

@@ -41,7 +41,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from ..errors import ConfigError, UdaReidError
+from .errors import ConfigError, UdaReidError
 from .device import resolve_device
 
 #: Minutes a collective may wait for the other ranks (rank 0 clusters alone while they wait).

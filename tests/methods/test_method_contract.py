@@ -1,0 +1,69 @@
+"""Contract tests every registered method (and add-on combination) gets for free.
+
+A tiny run of 2 epochs × 2 iterations on the tests' images must give finite losses in every row, a
+``best.pt`` that ``evaluate`` reads back to the logged mAP, and a run killed after its first epoch
+that resumes to the uninterrupted rows and weights. Unknown options are refused by name.
+"""
+
+import math
+
+import pytest
+from tiny_reid_data import assert_resume_reaches_the_uninterrupted_run, metrics_rows, tiny_adapt_config, write_two_domains
+
+from uda_reid.data.datasets import load_dataset
+from uda_reid.engine.loop import supervised_config
+from uda_reid.errors import ConfigError
+from uda_reid.evaluation.protocol import evaluate_model
+from uda_reid.methods import METHODS, build_method
+from uda_reid.models.factory import model_from_weights
+
+# Add-ons combine with any method; each is checked on one method that takes it.
+ADD_ONS = {
+    "gds": ("baseline", {"gds.enabled": True}),
+    "gds_hard": ("spcl", {"gds.hard_mining": True}),
+    "camera_proxies_cap": ("baseline", {"method_options.camera_proxies": "cap"}),
+    "camera_proxies_pplr": ("cluster_contrast", {"method_options.camera_proxies": "pplr"}),
+}
+CASES = {**{name: (name, {}) for name in METHODS.names()}, **ADD_ONS}
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    return write_two_domains(tmp_path_factory.mktemp("data"))
+
+
+def tiny_run_config(method: str, overrides: dict):
+    if method == "supervised":
+        return supervised_config(tiny_adapt_config(dataset="market1501", **{
+            "train.epochs": 2, "train.iters_per_epoch": 2, "train.eval_every": 1, **overrides}))
+    return tiny_adapt_config(target="dukemtmc", **{"adapt.method": method, **overrides})
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_a_tiny_run_has_finite_losses_and_a_best_checkpoint_that_evaluate_reads(case, tmp_path, data_root):
+    from uda_reid.engine.loop import adapt
+
+    config = tiny_run_config(*CASES[case])
+    adapt(config, tmp_path, data_root=data_root, progress=False)
+    rows = [r for r in metrics_rows(tmp_path) if r["epoch"] > 0]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    for row in rows:
+        losses = {k: v for k, v in row.items() if k.startswith("loss")}
+        assert "loss" in losses and all(math.isfinite(v) for v in losses.values()), row
+    best = max(r["mAP"] for r in metrics_rows(tmp_path) if "mAP" in r)
+    model, saved = model_from_weights(str(tmp_path / "best.pt"))
+    figures = evaluate_model(model, load_dataset(config.target, data_root), saved.data, progress=False)
+    assert figures["mAP"] == pytest.approx(best, abs=1e-6)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_a_run_killed_in_its_last_epoch_resumes_exactly(case, tmp_path, data_root, monkeypatch):
+    assert_resume_reaches_the_uninterrupted_run(tiny_run_config(*CASES[case]), tmp_path, data_root, monkeypatch,
+                                                kill_after=2)  # after the row of epoch 2, before its last.pt
+
+
+@pytest.mark.parametrize("method", METHODS.names())
+def test_an_unknown_option_is_refused_by_name(method):
+    config = tiny_adapt_config(target="dukemtmc", **{"adapt.method": method, "method_options": {"no_such_knob": 1}})
+    with pytest.raises(ConfigError, match="no_such_knob"):
+        build_method(config)
