@@ -39,7 +39,7 @@ RUNS: dict[str, tuple[str, dict[str, Any]]] = {
     "baseline_usl": ("baseline_usl_synthm", {}),
     "pplr_usl": ("pplr_usl_synthm", {}),
     "pplr_cam_usl": ("pplr_cam_usl_synthm", {}),
-    "pplr_cap_losses_usl": ("pplr_usl_synthm", {"method_options.camera_proxies": "cap"}),
+    "pplr_cap_losses_usl": ("pplr_usl_synthm", {"camera_proxies.mode": "cap"}),
     "cap_usl": ("cap_usl_synthm", {}),
     "cluster_contrast_usl": ("cluster_contrast_usl_synthm", {}),
 }

@@ -217,7 +217,7 @@ def test_usl_pplr_with_camera_proxies_then_inspect_agreement_draws_the_extremes(
     import yaml
 
     saved = yaml.safe_load((out / "config.yaml").read_text())
-    assert saved["adapt"]["method"] == "pplr" and saved["method_options"]["camera_proxies"] == "pplr"
+    assert saved["adapt"]["method"] == "pplr" and saved["camera_proxies"]["mode"] == "pplr"
     result = CliRunner().invoke(cli, ["inspect-agreement", "--run", str(out), "--data-root", str(data_root), "--count", "3"])
     assert result.exit_code == 0, result.output
     assert (out / "agreement_extremes_epoch001.png").exists() and "epoch 1: agreement mean" in result.output
@@ -245,22 +245,21 @@ def test_camera_proxies_off_is_the_word_off_for_the_flag_and_for_set(tmp_path):
     out = tmp_path / "run"
     args = ["usl", "--dataset", "duke", "--method", "pplr", "--camera-proxies", "off", "--data-root", str(data_root),
             "--out", str(out), "--epochs", "1", "--quiet", *_sets(), "--set", "method_options.agreement_k=4",
-            "--set", "method_options.camera_proxies=off"]
+            "--set", "camera_proxies.mode=off"]
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
     import yaml
 
     saved = yaml.safe_load((out / "config.yaml").read_text())
-    assert saved["method_options"]["camera_proxies"] == "off"
+    assert saved["camera_proxies"]["mode"] == "off"
     assert "loss_camera" not in json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
 
 
-def test_camera_proxies_on_a_method_without_them_is_named(tmp_path):
-    result = CliRunner().invoke(cli, ["usl", "--dataset", "duke", "--method", "spcl", "--camera-proxies", "cap",
+def test_camera_proxies_on_cap_itself_are_named(tmp_path):
+    result = CliRunner().invoke(cli, ["usl", "--dataset", "duke", "--method", "cap", "--camera-proxies", "cap",
                                       "--out", str(tmp_path / "r")])
     assert result.exit_code == 1
-    assert ("--camera-proxies cap: method spcl takes no camera proxies; methods that do: baseline, cluster_contrast, pplr "
-            "(CAP as published is a method: --method cap)") in result.output
+    assert "--camera-proxies cap: method cap already is camera-aware proxies" in result.output
 
 
 def test_method_comes_from_the_recipe_and_a_contradicting_method_is_refused(tmp_path):

@@ -113,11 +113,11 @@ def test_recipe_extends_cycle_and_missing_parent_are_named(tmp_path):
 
 def test_set_values_are_typed_by_their_field_not_by_yaml_1_1():
     config = apply_overrides(RunConfig(), parse_set_options([
-        "method_options.camera_proxies=off", "data.normalization=no", "model.init=off",
+        "camera_proxies.mode=off", "method_options.mode=off", "data.normalization=no", "model.init=off",
         "data.skip_unreadable=yes", "train.sync_bn=On", "optim.milestones=[5, 9]", "eval_datasets=[synthm]",
     ]))
     # string fields keep the words YAML 1.1 reads as booleans
-    assert config.method_options["camera_proxies"] == "off"
+    assert config.camera_proxies.mode == "off" and config.method_options["mode"] == "off"
     assert config.data.normalization == "no" and config.model.init == "off"
     # boolean fields take true/false, yes/no, on/off; lists parse
     assert config.data.skip_unreadable is True and config.train.sync_bn is True
@@ -129,9 +129,9 @@ def test_method_options_get_their_type_from_the_method():
     from uda_reid.methods import METHODS
 
     config = apply_overrides(RunConfig(), parse_set_options(
-        ["method_options.camera_proxies=off", "method_options.beta=0.3", "method_options.num_parts=2"]))
+        ["method_options.beta=0.3", "method_options.num_parts=2"]))
     options = METHODS.get("pplr").parse_options(config.method_options)
-    assert options.camera_proxies == "off" and options.beta == 0.3 and options.num_parts == 2
+    assert options.beta == 0.3 and options.num_parts == 2
     with pytest.raises(ConfigError, match=r"method_options.num_parts: expected an integer, got 'two'"):
         METHODS.get("pplr").parse_options({"num_parts": "two"})
 

@@ -17,6 +17,7 @@ LAYERS = [
     {"clustering", "memory", "losses"},
     {"evaluation"},
     {"methods"},
+    {"addons"},
     {"engine"},
     {"cli"},
 ]

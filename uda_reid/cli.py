@@ -140,7 +140,7 @@ def _adaptation_options(f):
         click.option("--gds", is_flag=True, default=None, help="Add the GDS term (global distance-distribution separation) to the method's losses."),
         click.option("--gds-hard", "gds_hard", is_flag=True, default=None, help="GDS with its distribution-based hard mining (GDS-H)."),
         click.option("--camera-proxies", "camera_proxies", type=click.Choice(["cap", "pplr", "off"]), default=None,
-                     help="Add a camera-aware proxy loss to the method (baseline, pplr, cluster_contrast): CAP's losses or PPLR's inter-camera loss, or off."),
+                     help="Add camera-aware proxy losses to the method (an add-on, any method but cap): CAP's losses or PPLR's inter-camera loss, or off."),
         click.option("--epochs", type=int, default=None),
         click.option("--eval-on", "eval_on", multiple=True, help="Also evaluate the final model on this dataset (repeatable)."),
         _device_option,
@@ -186,7 +186,6 @@ def _run_adaptation(source, target, method, recipe, data_root, out, init, arch, 
     source = canonical_name(source) if source else None
     target = canonical_name(target)
     from .methods import METHODS
-    from .methods.camera_aware import CameraProxyOptions
 
     if method is not None:
         METHODS.get(method)  # an unknown --method is named before any recipe is looked up
@@ -199,14 +198,9 @@ def _run_adaptation(source, target, method, recipe, data_root, out, init, arch, 
             )
         method = recipe_method
     method = method or "spcl"
-    if camera_proxies is not None and not issubclass(METHODS.get(method).Options, CameraProxyOptions):
-        if camera_proxies != "off":
-            takes = ", ".join(n for n in METHODS.names() if issubclass(METHODS.get(n).Options, CameraProxyOptions))
-            raise ConfigError(
-                f"--camera-proxies {camera_proxies}: method {method} takes no camera proxies; methods that do: {takes} "
-                f"(CAP as published is a method: --method cap)"
-            )
-        camera_proxies = None  # off, and the method has none
+    if camera_proxies not in (None, "off") and "camera_proxies" in METHODS.get(method).excludes_add_ons:
+        raise ConfigError(f"--camera-proxies {camera_proxies}: method {method} already is camera-aware proxies; "
+                          f"drop --camera-proxies, or add them to another method (e.g. --method pplr)")
     recipe = recipe or _default_adapt_recipe(method, source, target, cameras=camera_proxies not in (None, "off"))
     overrides = {
         "source": source,
@@ -216,7 +210,7 @@ def _run_adaptation(source, target, method, recipe, data_root, out, init, arch, 
         "clustering.clusterer": clusterer,
         "gds.enabled": True if gds or gds_hard else None,
         "gds.hard_mining": True if gds_hard else None,
-        "method_options.camera_proxies": camera_proxies,
+        "camera_proxies.mode": camera_proxies,
         "adapt.epochs": epochs,
         **_shared_overrides(init, arch, device, seed, eval_on),
     }
@@ -224,7 +218,7 @@ def _run_adaptation(source, target, method, recipe, data_root, out, init, arch, 
     if source is None:
         config = apply_overrides(config, {"source": None})
     label = config.adapt.method
-    cameras = config.method_options.get("camera_proxies", "off")
+    cameras = config.camera_proxies.mode
     if cameras != "off":  # run folders named like the recipes: pplr_cam_usl_market1501
         label += "_cam" if cameras == "pplr" else f"_{cameras}"
     if config.gds.enabled or config.gds.hard_mining:

@@ -164,6 +164,25 @@ class GdsConfig:
 
 
 @dataclass
+class CameraProxyConfig:
+    """Camera-aware proxies added to any method's losses (``--camera-proxies``; METHODS.md §5).
+
+    One proxy per (cluster, camera), rebuilt every epoch from the clustered features. ``cap``: CAP's
+    intra-camera loss, + ``inter_weight`` × its inter-camera loss from ``inter_start_epoch``,
+    proxies momentum-updated after each step; ``pplr``: PPLR's inter-camera loss, proxies fixed
+    within the epoch. (CAP as published is ``--method cap``.)
+    """
+
+    mode: str = "off"  # off | cap | pplr
+    weight: float = 0.5  # λcam (PPLR: 1.0 for MSMT17)
+    temperature: float = 0.07
+    hard_negatives: int = 50
+    inter_start_epoch: int = 5  # cap mode
+    inter_weight: float = 0.5  # cap mode
+    momentum: float = 0.2  # cap mode: weight the old proxy keeps
+
+
+@dataclass
 class RunConfig:
     """Everything one run needs; saved as ``config.yaml`` in the run folder."""
 
@@ -180,6 +199,7 @@ class RunConfig:
     clustering: ClusteringConfig = field(default_factory=ClusteringConfig)
     adapt: AdaptConfig = field(default_factory=AdaptConfig)
     gds: GdsConfig = field(default_factory=GdsConfig)
+    camera_proxies: CameraProxyConfig = field(default_factory=CameraProxyConfig)
     # The method's own options, checked strictly by the method against its options dataclass.
     method_options: dict[str, Any] = field(default_factory=dict)
 

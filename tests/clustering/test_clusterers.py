@@ -94,6 +94,21 @@ def test_kmeans_estimates_k_from_density_clusters():
     assert same_partition(labels, truth)
 
 
+def test_kmeans_estimate_follows_the_runs_density_settings():
+    from uda_reid.config import RunConfig, apply_overrides
+    from uda_reid.engine.loop import clusterer_options
+
+    features, _ = blobs(sizes=(30, 30, 30, 30), seed=4)
+    strict = KMeansClusterer(estimate_min_samples=40)  # no blob of 30 is dense enough: one cluster
+    strict.fit(features)
+    assert strict.n_clusters_ == 1
+    config = apply_overrides(RunConfig(), {"clustering.clusterer": "kmeans", "clustering.eps": 0.45,
+                                           "clustering.k1": 20, "clustering.k2": 4, "clustering.min_samples": 3})
+    options = clusterer_options(config)
+    assert (options["estimate_eps"], options["estimate_k1"], options["estimate_k2"], options["estimate_min_samples"]) == (
+        0.45, 20, 4, 3)
+
+
 def test_all_outliers_and_single_cluster_are_results_not_errors():
     features, _ = clustered_features(n=200, seed=5)
     distance = jaccard_distance(features, 10, 3)

@@ -48,10 +48,12 @@ def test_uda_run_logs_direct_transfer_then_epochs_and_writes_loadable_checkpoint
     assert figures["mAP"] == pytest.approx(logged[-1]["mAP"], abs=1e-6)
 
 
-def test_usl_run_trains_target_only(tmp_path, data_root):
+def test_usl_run_trains_target_only_and_says_which_setting_spcl_ignores(tmp_path, data_root, capsys):
     adapt(tiny_config(target="dukemtmc", **{"clustering.clusterer": "hdbscan"}), tmp_path, data_root=data_root, progress=False)
     logged = rows(tmp_path)
     assert "loss_source" not in logged[-1] and logged[-1]["loss_target"] > 0
+    note = "note: method_options.self_paced is ignored with clustering.clusterer hdbscan"
+    assert note in (tmp_path / "log.txt").read_text() and note in capsys.readouterr().err
 
 
 def test_resume_after_a_kill_reaches_the_uninterrupted_result(tmp_path, data_root, monkeypatch):

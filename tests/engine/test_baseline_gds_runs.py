@@ -35,7 +35,7 @@ def test_baseline_with_gds_h_logs_losses_and_global_statistics_and_draws_the_dis
         assert row["gds_tail_neg"] == pytest.approx(row["gds_mean_neg"] - 3 * row["gds_std_neg"], abs=2e-5)
     # the global statistics moved away from the initial 0.5 / sqrt(1/6) and are kept in the checkpoint
     assert logged[-1]["gds_mean_neg"] != pytest.approx(0.5, abs=1e-3)
-    saved = load_checkpoint(tmp_path / "last.pt")["train_state"]["gds"]
+    saved = load_checkpoint(tmp_path / "last.pt")["train_state"]["add_ons"]["gds"]
     assert saved["mean"].tolist() == pytest.approx([logged[-1]["gds_mean_pos"], logged[-1]["gds_mean_neg"]], abs=1e-5)
     histograms = json.loads((tmp_path / "distances.json").read_text())
     # tiny target: 12 train ids x 6 images; 8 query ids x 1 against 8 x 6 gallery images

@@ -287,8 +287,8 @@ def test_two_process_usl_equals_one_process_and_resumes(tmp_path, data_root):
     images' distances nearly tie, and rounding (one process or two) picks another hardest pair, a
     different but equally valid gradient (measured: 7e-3 of the step with it, 1.1e-5 without)."""
     config = _sgd(tiny_adapt_config(target="dukemtmc", dataset="dukemtmc", **SAME_IMAGES, **TWO_HALVES, **{
-        "adapt.method": "baseline", "gds.enabled": True,
-        "method_options": {"camera_proxies": "cap", "triplet_loss_weight": 0.0}}))
+        "adapt.method": "baseline", "gds.enabled": True, "camera_proxies.mode": "cap",
+        "method_options": {"triplet_loss_weight": 0.0}}))
     recipe = tmp_path / "recipe.yaml"
     save_config(config, recipe)
     _torchrun("usl", "--dataset", "dukemtmc", "--method", "baseline", "--recipe", str(recipe),

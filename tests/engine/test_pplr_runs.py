@@ -49,7 +49,7 @@ def test_pplr_run_logs_its_losses_and_agreement_and_exports_a_plain_model(tmp_pa
 
 @pytest.mark.parametrize("mode", ["pplr", "cap"])
 def test_camera_proxies_are_one_per_cluster_and_camera_and_add_a_finite_loss(tmp_path, data_root, mode):
-    adapt(pplr_config(options={"camera_proxies": mode, "camera_inter_start_epoch": 1}), tmp_path,
+    adapt(pplr_config(**{"camera_proxies.mode": mode, "camera_proxies.inter_start_epoch": 1}), tmp_path,
           data_root=data_root, progress=False)
     logged = rows(tmp_path)
     cameras = np.array([s.camid for s in load_dataset("dukemtmc", data_root).train])
@@ -61,19 +61,22 @@ def test_camera_proxies_are_one_per_cluster_and_camera_and_add_a_finite_loss(tmp
         assert np.isfinite(logged[epoch]["loss_camera"]) and logged[epoch]["loss_camera"] > 0
 
 
-def test_baseline_takes_camera_proxies_too(tmp_path, data_root):
-    config = tiny_adapt_config(target="dukemtmc", **{"adapt.method": "baseline", "adapt.epochs": 1,
-                                                    "method_options": {"camera_proxies": "cap"}})
+@pytest.mark.parametrize("method", ["baseline", "spcl"])
+def test_other_methods_take_camera_proxies_too(tmp_path, data_root, method):
+    config = tiny_adapt_config(target="dukemtmc", **{"adapt.method": method, "adapt.epochs": 1,
+                                                    "camera_proxies.mode": "cap"})
     adapt(config, tmp_path, data_root=data_root, progress=False)
     row = rows(tmp_path)[1]
     assert row["loss_camera"] > 0 and row["camera_proxies"] >= row["clusters"]
 
 
 def test_resumed_pplr_run_reaches_the_uninterrupted_result(tmp_path, data_root, monkeypatch):
-    config = pplr_config(**{"adapt.epochs": 3}, options={"camera_proxies": "pplr"})
+    config = pplr_config(**{"adapt.epochs": 3, "camera_proxies.mode": "pplr"})
     assert_resume_reaches_the_uninterrupted_run(config, tmp_path, data_root, monkeypatch)
 
 
 def test_unknown_camera_mode_is_named(tmp_path):
-    with pytest.raises(ConfigError, match="method_options.camera_proxies: unknown value 'both'; expected one of off, cap, pplr"):
-        adapt(pplr_config(options={"camera_proxies": "both"}), tmp_path, progress=False)
+    with pytest.raises(ConfigError, match="camera_proxies.mode: unknown value 'both'; expected one of off, cap, pplr"):
+        adapt(pplr_config(**{"camera_proxies.mode": "both"}), tmp_path, progress=False)
+    with pytest.raises(ConfigError, match="unknown key 'camera_proxies'"):  # no longer a method's option
+        adapt(pplr_config(options={"camera_proxies": "pplr"}), tmp_path, progress=False)

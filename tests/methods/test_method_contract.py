@@ -21,8 +21,9 @@ from uda_reid.models.factory import model_from_weights
 ADD_ONS = {
     "gds": ("baseline", {"gds.enabled": True}),
     "gds_hard": ("spcl", {"gds.hard_mining": True}),
-    "camera_proxies_cap": ("baseline", {"method_options.camera_proxies": "cap"}),
-    "camera_proxies_pplr": ("cluster_contrast", {"method_options.camera_proxies": "pplr"}),
+    "camera_proxies_cap": ("spcl", {"camera_proxies.mode": "cap"}),
+    "camera_proxies_pplr": ("pplr", {"camera_proxies.mode": "pplr"}),
+    "camera_proxies_on_supervised": ("supervised", {"camera_proxies.mode": "cap"}),
 }
 CASES = {**{name: (name, {}) for name in METHODS.names()}, **ADD_ONS}
 

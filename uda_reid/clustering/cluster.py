@@ -272,23 +272,30 @@ class HDBSCANClusterer(Clusterer):
 class KMeansClusterer(Clusterer):
     """K-means (faiss) on L2-normalised features. No outliers.
 
-    ``n_clusters=None`` estimates k as the number of clusters DBSCAN (``estimate_eps``, min_samples
-    4) finds on the k-reciprocal Jaccard distance (k1 = 30, k2 = 6) of the same features, i.e. what the
-    density-based pipeline would produce; at least 1. ``n_clusters_`` records the k used.
+    ``n_clusters=None`` estimates k as the number of clusters DBSCAN (``estimate_eps``,
+    ``estimate_min_samples``) finds on the k-reciprocal Jaccard distance (``estimate_k1``,
+    ``estimate_k2``) of the same features, i.e. what the run's density-based pipeline would produce
+    (the loop passes its ``clustering`` settings); at least 1. ``n_clusters_`` records the k used.
     """
 
     input_kind = "features"
 
-    def __init__(self, *, n_clusters: int | None = None, n_iter: int = 20, seed: int = 0, estimate_eps: float = 0.6) -> None:
+    def __init__(self, *, n_clusters: int | None = None, n_iter: int = 20, seed: int = 0, estimate_eps: float = 0.6,
+                 estimate_min_samples: int = 4, estimate_k1: int = 30, estimate_k2: int = 6) -> None:
         self.n_clusters = n_clusters
         self.n_iter = n_iter
         self.seed = seed
         self.estimate_eps = estimate_eps
+        self.estimate_min_samples = estimate_min_samples
+        self.estimate_k1 = estimate_k1
+        self.estimate_k2 = estimate_k2
 
     def _estimate_k(self, unit: np.ndarray) -> int:
-        k1 = min(30, unit.shape[0] - 1)
-        distance = jaccard_distance(unit, k1, min(6, k1), max_distance=float(self.estimate_eps))
-        labels = DBSCANClusterer(eps=self.estimate_eps).fit_predict(distance)
+        _check_number("estimate_k1", self.estimate_k1, low=1, integer=True)
+        _check_number("estimate_k2", self.estimate_k2, low=1, integer=True)
+        k1 = min(int(self.estimate_k1), unit.shape[0] - 1)
+        distance = jaccard_distance(unit, k1, min(int(self.estimate_k2), k1), max_distance=float(self.estimate_eps))
+        labels = DBSCANClusterer(eps=self.estimate_eps, min_samples=self.estimate_min_samples).fit_predict(distance)
         return max(1, int(labels.max()) + 1)
 
     def fit(self, features: FeatureArray) -> KMeansClusterer:

@@ -23,17 +23,19 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 import math
 import random
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from ..addons import build_add_ons
 from ..clustering import ClusterResult, cluster_stage
 from ..config import RunConfig, save_config, update_dataclass
 from ..data.datasets import ReidDataset, Sample, load_dataset
@@ -41,10 +43,8 @@ from ..data.image_dataset import ImageDataset, readable_samples
 from ..data.samplers import batches_per_pass, build_batch_sampler, check_sampler_rule
 from ..data.transforms import build_train_transform
 from ..errors import ConfigError, TrainingDivergedError
-from ..evaluation.distances import dataset_histograms, save_histograms
 from ..evaluation.protocol import evaluate_model
 from ..fileio import atomic_write_text, remove_stale_temporaries
-from ..losses.gds import GlobalDistanceSeparation
 from ..methods import AdaptContext, EpochLabels, Method, build_method
 from ..models.batchnorm import convert_to_grouped_bn
 from ..models.factory import build_model
@@ -64,8 +64,9 @@ def clusterer_options(config: RunConfig) -> dict[str, Any]:
         return {"eps": c.eps, "min_samples": c.min_samples}
     if c.clusterer == "hdbscan":
         return {"min_cluster_size": c.min_cluster_size, "min_samples": c.min_samples}
-    if c.clusterer == "kmeans":
-        return {"n_clusters": c.n_clusters or None, "seed": config.seed}
+    if c.clusterer == "kmeans":  # k estimated, when not given, by the run's own density settings
+        return {"n_clusters": c.n_clusters or None, "seed": config.seed, "estimate_eps": c.eps,
+                "estimate_min_samples": c.min_samples, "estimate_k1": c.k1, "estimate_k2": c.k2}
     return {}
 
 
@@ -102,8 +103,7 @@ class TrainingLoop:
         self.sampler_rule = check_sampler_rule(rule)  # an unknown adapt.sampler is named before any work
         update_dataclass(config.optim, config.adapt.source_optim, "adapt.source_optim")  # named before any work
         check_batch_split(config, self.dist.world_size, self.method.settings_section)
-        gds_on = config.gds.enabled or config.gds.hard_mining
-        self.gds = GlobalDistanceSeparation(config.gds).to(self.device) if gds_on else None
+        self.add_ons = build_add_ons(config, self.method)  # GDS, camera proxies: checked before any work
         self.source_stage = self._source_stage()  # its settings are checked now too
         if self.dist.is_main:
             for folder in (self.run_dir, self.run_dir / "epochs"):
@@ -177,7 +177,12 @@ class TrainingLoop:
         else:
             self.log.info("initial weights: random (no model.init); the paper recipes expect --init imagenet:PATH")
         self.log.info(f"method {config.adapt.method} on {target.name}: {self.sampler_rule} batches of "
-                      f"{config.data.batch_size} images (K = {config.data.num_instances})")
+                      f"{config.data.batch_size} images (K = {config.data.num_instances})"
+                      + "".join(f" + {add_on.section}" for add_on in self.add_ons))
+        for message in self.method.ignored_settings():
+            self.log.info(f"note: {message}")
+            if dist.is_main:
+                print(f"note: {message}", file=sys.stderr)
         model = self.method.prepare_model(model)
         # bn_groups counts groups of the global batch: each process computes its share of them.
         section = self.method.settings_section
@@ -223,8 +228,9 @@ class TrainingLoop:
             self.log.info(f"resumed from {self.run_dir / 'last.pt'}: continuing at epoch {start_epoch + 1}")
         self.method.setup(ctx, state["train_state"]["method"] if state else None)
         if state is not None:
-            if self.gds is not None:
-                self.gds.load_state_dict(state["train_state"]["gds"])
+            saved = state["train_state"].get("add_ons", {"gds": state["train_state"].get("gds", {})})
+            for add_on in self.add_ons:
+                add_on.load_state_dict(saved.get(add_on.section, {}))
             if rng_states is not None:
                 _set_rng_state(rng_states[dist.rank])
             else:
@@ -249,8 +255,8 @@ class TrainingLoop:
             row.update(self._train_epoch(ctx, optimizer, epoch, epoch_labels.labels))
             _set_head_parameters(optimizer, [])  # next epoch's heads start afresh; checkpoints stay shape-free
             dist.sync_buffers_from_main(network)  # BN running statistics: rank 0's, as group 0's in one process
-            if self.gds is not None:
-                row.update(self.gds.figures())
+            for add_on in self.add_ons:
+                row.update(add_on.epoch_figures())
             row["lr"] = optimizer.param_groups[0]["lr"]
             scheduler.step()
             due = self.stage.eval_every > 0 and (epoch + 1) % self.stage.eval_every == 0
@@ -266,19 +272,24 @@ class TrainingLoop:
             self.log.append(row)
             self._save_last(network, optimizer, scheduler, epoch, best_map)
 
-        return self._finish(network, target, best_map)
+        return self._finish(ctx, network, target, best_map)
 
     # ------------------------------------------------------------------ pieces
     def _epoch_labels(self, ctx: AdaptContext, network, epoch: int, row: dict[str, Any]) -> EpochLabels:
         """This epoch's training labels: the clustering stage and the method's refinement of it, or
         (supervised training) the samples' own person ids."""
         config, dist = self.config, self.dist
+        features = None
+        if self.method.clusters or any(add_on.needs_features for add_on in self.add_ons):
+            features = self.method.target_features(ctx)
+            if features is None:
+                features = extract_features(network, ctx.target_samples, config.data, device=self.device,
+                                            progress=self.progress, desc="target features", dist=dist)
         if not self.method.clusters:
-            return self.method.on_clusters(ground_truth_clusters(ctx.target_samples), None, ctx)
-        features = self.method.target_features(ctx)
-        if features is None:
-            features = extract_features(network, ctx.target_samples, config.data, device=self.device,
-                                        progress=self.progress, desc="target features", dist=dist)
+            result = ground_truth_clusters(ctx.target_samples)
+            epoch_labels = self.method.on_clusters(result, features, ctx)
+            row.update(self._add_ons_on_clusters(result, epoch_labels, features, ctx))
+            return epoch_labels
         # Once, on rank 0; every rank gets the same result and refines it identically.
         result = dist.on_main(
             cluster_stage,
@@ -305,12 +316,21 @@ class TrainingLoop:
             self.log.info(f"epoch {epoch + 1}: pseudo-labels identical on all {dist.world_size} processes "
                           f"(checksum {checksum})")
         row.update(epoch_labels.figures)
+        row.update(self._add_ons_on_clusters(result, epoch_labels, features, ctx))
         if dist.is_main:
             save_epoch_record(self.run_dir, epoch + 1, cluster_labels=result.labels,
                               training_labels=epoch_labels.labels, scores=epoch_labels.scores)
             if epoch_labels.scores:
                 plot_score_distributions(self.run_dir)
         return epoch_labels
+
+    def _add_ons_on_clusters(self, result: ClusterResult, epoch_labels: EpochLabels, features, ctx) -> dict[str, float]:
+        """Every add-on rebuilds its per-epoch state from the clustering; returns their figures."""
+        spaces = epoch_labels.spaces if epoch_labels.spaces is not None else [features]
+        figures: dict[str, float] = {}
+        for add_on in self.add_ons:
+            figures.update(add_on.on_clusters(result.labels, spaces, ctx))
+        return figures
 
     def _iterations(self, labels: np.ndarray) -> int:
         """Batches in this epoch (see the module's definition of an epoch)."""
@@ -365,9 +385,8 @@ class TrainingLoop:
                 batch["source"] = next(source_loader)
             step = self.method.training_step(ctx, batch)
             losses = dict(step.losses)
-            if self.gds is not None:  # statistics of the global batch, updated alike on every rank
-                batch_labels = batch["target"]["label"].to(step.target_features.device)
-                losses.update(self.gds(self.dist.gather_batch(step.target_features), self.dist.gather_batch(batch_labels)))
+            for add_on in self.add_ons:
+                losses.update(add_on.loss(step, batch, ctx))
             loss = sum(losses.values())
             # The global batch's figures: the mean over ranks of their slices' (equal-size) values.
             names = ["loss", *losses, *step.figures]
@@ -384,6 +403,8 @@ class TrainingLoop:
             self.dist.average_gradients(self.method.head_parameters())  # heads live outside DDP
             optimizer.step()
             self.method.after_step(ctx)
+            for add_on in self.add_ons:
+                add_on.after_step(ctx)
             for key, value in values.items():
                 totals[key] = totals.get(key, 0.0) + value
             bar.set_postfix(loss=f"{values['loss']:.3f}")
@@ -426,13 +447,13 @@ class TrainingLoop:
                     "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(),
                     "method": self.method.state_dict(),
-                    "gds": self.gds.state_dict() if self.gds is not None else {},
+                    "add_ons": {add_on.section: add_on.state_dict() for add_on in self.add_ons},
                     "rng": rng_states,  # one per rank, in rank order
                 },
             )
         self.dist.barrier()
 
-    def _finish(self, model, target: ReidDataset, best_map: float) -> dict[str, Any]:
+    def _finish(self, ctx: AdaptContext, model, target: ReidDataset, best_map: float) -> dict[str, Any]:
         initial = next((r for r in self.log.rows if r.get("epoch") == 0), None)
         final = next((r for r in self.log.rows if r.get("epoch") == self.stage.epochs), {})  # always evaluated
         last = {k: final[k] for k in ("mAP", "rank1", "rank5", "rank10") if k in final}
@@ -450,9 +471,9 @@ class TrainingLoop:
             summary.setdefault("also_evaluated", {})[other.name] = self._evaluate(model, other)
         for name, figures in {target.name: last, **summary.get("also_evaluated", {})}.items():
             self.log.info(f"final {name}: " + ", ".join(f"{k} {v:.1f}" for k, v in figures.items()))
-        if self.gds is not None and self.dist.is_main:  # the pictures GDS explains itself with (any run: udareid plot-distances)
-            histograms = dataset_histograms(model, target, self.config.data, device=self.device, progress=self.progress)
-            save_histograms(histograms, self.run_dir, title=f"{self.config.adapt.method} + GDS, last epoch, {target.name}")
+        if self.dist.is_main:
+            for add_on in self.add_ons:
+                add_on.finish(model, target, self.run_dir, ctx)
         if self.dist.is_main:  # last: its presence says the run is complete
             atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
         self.dist.barrier()
@@ -497,6 +518,7 @@ def source_stage_config(config: RunConfig) -> RunConfig:
         optim=update_dataclass(config.optim, config.adapt.source_optim, "adapt.source_optim"),
         train=dataclasses.replace(config.train, epochs=config.adapt.source_pretrain_epochs),
         gds=dataclasses.replace(config.gds, enabled=False, hard_mining=False),
+        camera_proxies=dataclasses.replace(config.camera_proxies, mode="off"),
     ))
 
 

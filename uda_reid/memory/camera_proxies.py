@@ -13,13 +13,15 @@ use them (METHODS.md §5):
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ..errors import ConfigError
 
 _BUFFERS = ("proxies", "proxy_labels", "proxy_cameras", "sample_proxy")
 
@@ -302,3 +304,82 @@ def _sum_of_camera_means(per_sample: torch.Tensor, cameras: torch.Tensor) -> tor
     sums = per_sample.new_zeros(len(present)).index_add(0, camera_of_sample, per_sample)
     counts = torch.bincount(camera_of_sample, minlength=len(present)).to(per_sample.dtype)
     return (sums / counts).sum()
+
+
+MODES = ("off", "cap", "pplr")
+
+
+class CameraAwareProxies:
+    """Proxies of one or more feature spaces and the chosen mode's loss on a batch.
+
+    Modes (METHODS.md §5): ``cap`` (Wang et al., AAAI 2021): intra-camera loss over the sample's own
+    camera's proxies, plus from ``inter_start_epoch`` the inter-camera loss (all proxies of the
+    label vs the hardest negatives) weighted ``inter_weight``; proxies follow the network by a
+    momentum update after each step. ``pplr`` (Cho et al., CVPR 2022): inter-camera loss with the
+    other-camera proxies of the label as positives; proxies fixed within the epoch. The loss of
+    several spaces is λcam·(first space + mean of the others), PPLR's global + parts.
+    """
+
+    def __init__(
+        self,
+        mode: str,
+        *,
+        weight: float = 0.5,
+        temperature: float = 0.07,
+        num_hard_negatives: int = 50,
+        inter_start_epoch: int = 5,
+        inter_weight: float = 0.5,
+        momentum: float = 0.2,
+    ) -> None:
+        if mode not in MODES:
+            raise ConfigError(f"camera_proxies.mode: unknown value {mode!r}; expected one of {', '.join(MODES)}")
+        self.mode = mode
+        self.weight = weight
+        self.temperature = temperature
+        self.num_hard_negatives = num_hard_negatives
+        self.inter_start_epoch = inter_start_epoch
+        self.inter_weight = inter_weight
+        self.momentum = momentum
+        self.banks: list[CameraProxies] = []
+        self._pending: list[tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]] = []
+
+    @property
+    def enabled(self) -> bool:
+        return self.mode != "off"
+
+    def rebuild(self, spaces: Sequence[torch.Tensor], labels, cameras, device: torch.device) -> dict[str, float]:
+        """New proxies from every space's ``N×D`` features (−1 labels left out); returns figures."""
+        self.banks = [CameraProxies(space.shape[1]).build(space, labels, cameras).to(device) for space in spaces]
+        bank = self.banks[0]
+        labels_with_proxies = bank.proxy_labels.unique()
+        cameras_per_label = torch.bincount(bank.proxy_labels)[labels_with_proxies]
+        return {
+            "camera_proxies": bank.num_proxies,
+            "single_camera_clusters": int((cameras_per_label == 1).sum()),
+        }
+
+    def loss(self, spaces: Sequence[torch.Tensor], labels: torch.Tensor, cameras: torch.Tensor, epoch: int) -> torch.Tensor:
+        """λcam·(space 0 + mean of the other spaces) of the mode's loss on a batch (``B×D`` per space)."""
+        per_space = [self._space_loss(bank, features, labels, cameras, epoch) for bank, features in zip(self.banks, spaces)]
+        total = per_space[0]
+        if len(per_space) > 1:
+            total = total + torch.stack(per_space[1:]).mean()
+        if self.mode == "cap":
+            self._pending.append(([f.detach() for f in spaces], labels.detach(), cameras.detach()))
+        return self.weight * total
+
+    def _space_loss(self, bank: CameraProxies, features, labels, cameras, epoch: int) -> torch.Tensor:
+        options = {"num_hard_negatives": self.num_hard_negatives, "temperature": self.temperature}
+        if self.mode == "pplr":
+            return bank.inter_camera_loss_pplr(features, labels, cameras, **options)
+        loss = bank.intra_camera_loss(features, labels, cameras, temperature=self.temperature)
+        if epoch >= self.inter_start_epoch:
+            loss = loss + self.inter_weight * bank.inter_camera_loss_cap(features, labels, cameras, **options)
+        return loss
+
+    def after_step(self) -> None:
+        """CAP: move the batch's proxies towards its features (after ``backward``)."""
+        for spaces, labels, cameras in self._pending:
+            for bank, features in zip(self.banks, spaces):
+                bank.momentum_update(features, labels, cameras, momentum=self.momentum)
+        self._pending = []

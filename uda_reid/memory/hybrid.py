@@ -14,8 +14,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..centroids import class_centroids
-
 
 class HybridMemory(nn.Module):
     """Feature bank ``features`` (``M×D``) with class ``labels`` (``M``) and the unified contrastive loss.

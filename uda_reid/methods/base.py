@@ -63,6 +63,9 @@ class EpochLabels:
     labels: np.ndarray
     figures: dict[str, float] = dataclasses.field(default_factory=dict)
     scores: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    #: The feature spaces the method trains (``N×D`` each, e.g. PPLR's global + parts), on which
+    #: add-ons build their state; None: the clustered features.
+    spaces: list[torch.Tensor] | None = None
 
 
 @dataclass
@@ -78,6 +81,13 @@ class StepOutput:
     losses: dict[str, torch.Tensor]
     target_features: torch.Tensor
     figures: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
+    #: The batch's features in each space of ``EpochLabels.spaces`` (``B×D``, with gradients; this
+    #: process's slice); None: ``[target_features]``.
+    batch_spaces: list[torch.Tensor] | None = None
+
+    @property
+    def spaces(self) -> list[torch.Tensor]:
+        return self.batch_spaces if self.batch_spaces is not None else [self.target_features]
 
 
 @dataclass
@@ -107,6 +117,8 @@ class Method(abc.ABC):
     settings_section: str = "adapt"
     #: False: the training labels are the samples' own person ids (supervised training), nothing is clustered.
     clusters: bool = True
+    #: Add-ons (``addons.ADD_ONS`` names) that must stay off because the method already is one.
+    excludes_add_ons: tuple[str, ...] = ()
     #: Whether epoch 0 evaluates the initial model (the direct-transfer figure adaptation is measured against).
     evaluates_initial_model: bool = True
 
@@ -122,6 +134,10 @@ class Method(abc.ABC):
     def uses_source_batches(self) -> bool:
         """Whether every iteration also draws a labelled source batch (UDA end to end, as SpCL)."""
         return False
+
+    def ignored_settings(self) -> list[str]:
+        """One line per setting of the run this method does not act on (the loop shows and logs them)."""
+        return []
 
     def num_classes(self, samples: list[Sample]) -> int:
         """Size of the model's own classifier for these training samples (0: none; heads live in the method)."""

@@ -24,11 +24,10 @@ from ..clustering import ClusterResult
 from ..losses import batch_hard_triplet_loss
 from ..memory import class_centroids
 from .base import METHODS, AdaptContext, EpochLabels, Method, StepOutput
-from .camera_aware import CameraAwareProxies, CameraProxyOptions
 
 
 @dataclass
-class BaselineOptions(CameraProxyOptions):  # camera proxies on the global feature
+class BaselineOptions:
     id_loss_weight: float = 1.0
     triplet_loss_weight: float = 1.0
     label_smoothing: float = 0.1
@@ -52,16 +51,11 @@ class ClusteringBaseline(Method):
     def __init__(self, config) -> None:
         super().__init__(config)
         self.classifier: nn.Linear | None = None
-        self.proxies = CameraAwareProxies.from_options(self.options)
 
     def on_clusters(self, result: ClusterResult, features: torch.Tensor, ctx: AdaptContext) -> EpochLabels:
         labels = result.labels
         self.classifier = centroid_classifier(features, labels, ctx.device) if result.num_clusters > 0 else None
-        figures = {"unclustered": int((labels < 0).sum())}
-        if self.proxies.enabled and result.num_clusters > 0:
-            cameras = np.array([s.camid for s in ctx.target_samples])
-            figures.update(self.proxies.rebuild([features], labels, cameras, ctx.device))
-        return EpochLabels(labels, figures)
+        return EpochLabels(labels, {"unclustered": int((labels < 0).sum())})
 
     def head_parameters(self) -> list[nn.Parameter]:
         return [] if self.classifier is None else list(self.classifier.parameters())
@@ -79,10 +73,4 @@ class ClusteringBaseline(Method):
             "loss_triplet": o.triplet_loss_weight
             * batch_hard_triplet_loss(gather(output.pooled), batch_labels, margin=o.triplet_margin),
         }
-        if self.proxies.enabled:
-            cameras = gather(batch["target"]["camid"].to(ctx.device))
-            losses["loss_camera"] = self.proxies.loss([gather(output.features)], batch_labels, cameras, ctx.epoch)
         return StepOutput(losses, output.features)
-
-    def after_step(self, ctx: AdaptContext) -> None:
-        self.proxies.after_step()

@@ -9,8 +9,8 @@ the cluster as a positive against the 50 hardest other proxies); τ 0.07; the pr
 network by a momentum update (old weight 0.2) after each step. Facts: METHODS.md §5 and the
 authors' CAP-master code (train_cap.py, CamAwareMemory.py).
 
-``--camera-proxies cap`` on another method adds the same losses to that method's own; this module is
-CAP as published, with nothing else in the loss. Under torchrun the loss is computed on the gathered
+``--camera-proxies cap`` (the add-on ``addons.camera_proxies``) adds the same losses to another
+method's own; this module is CAP as published, with nothing else in the loss. Under torchrun the loss is computed on the gathered
 global batch and every process applies the same proxy update.
 """
 
@@ -23,8 +23,8 @@ import torch
 
 from ..clustering import ClusterResult
 from ..errors import ConfigError
+from ..memory import CameraAwareProxies
 from .base import METHODS, AdaptContext, EpochLabels, Method, StepOutput
-from .camera_aware import CameraAwareProxies
 
 
 @dataclass
@@ -40,6 +40,7 @@ class CapOptions:
 class CAP(Method):
     Options = CapOptions
     sampler = "proxy_balanced"
+    excludes_add_ons = ("camera_proxies",)  # it is camera-aware proxies
 
     def __init__(self, config) -> None:
         super().__init__(config)

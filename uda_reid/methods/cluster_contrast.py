@@ -16,18 +16,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from ..clustering import ClusterResult
 from ..errors import ConfigError
 from ..memory import HybridMemory, class_centroids
 from .base import METHODS, AdaptContext, EpochLabels, Method, StepOutput
-from .camera_aware import CameraAwareProxies, CameraProxyOptions
 
 
 @dataclass
-class ClusterContrastOptions(CameraProxyOptions):
+class ClusterContrastOptions:
     temperature: float = 0.05
     momentum: float = 0.1  # weight the old cluster row keeps
 
@@ -45,7 +43,6 @@ class ClusterContrast(Method):
                 f"{o.temperature}, {o.momentum}"
             )
         self.memory: HybridMemory | None = None
-        self.proxies = CameraAwareProxies.from_options(o)
         self._pending: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def on_clusters(self, result: ClusterResult, features: torch.Tensor, ctx: AdaptContext) -> EpochLabels:
@@ -59,9 +56,6 @@ class ClusterContrast(Method):
             self.memory = HybridMemory(centroids.shape[1], centroids.shape[0], temperature=o.temperature,
                                        momentum=o.momentum).to(ctx.device)
             self.memory.initialize(centroids, torch.arange(centroids.shape[0]))
-            if self.proxies.enabled:
-                cameras = np.array([s.camid for s in ctx.target_samples])
-                figures.update(self.proxies.rebuild([features], labels, cameras, ctx.device))
         return EpochLabels(labels, figures)
 
     def training_step(self, ctx: AdaptContext, batch: dict[str, dict[str, torch.Tensor]]) -> StepOutput:
@@ -71,9 +65,6 @@ class ClusterContrast(Method):
         losses = {"loss_cluster": self.memory.loss(features, labels)}
         gather = ctx.dist.gather_batch  # the global batch (the identity in one process)
         batch_features, batch_labels = gather(features), gather(labels)
-        if self.proxies.enabled:
-            cameras = gather(target["camid"].to(ctx.device))
-            losses["loss_camera"] = self.proxies.loss([batch_features], batch_labels, cameras, ctx.epoch)
         self._pending = (batch_features.detach(), batch_labels)
         return StepOutput(losses, features)
 
@@ -82,4 +73,3 @@ class ClusterContrast(Method):
         if self._pending is not None:
             self.memory.update(*self._pending)
             self._pending = None
-        self.proxies.after_step()

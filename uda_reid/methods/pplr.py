@@ -5,8 +5,8 @@ sit the epoch out) -> the cross-agreement C (``N×P``) of every image's global a
 lists, reusing the clustering stage's global kNN -> classifiers re-initialised from the cluster
 centroids of each feature. Losses: PGLR on the global classifier (labels refined by the part
 predictions), AALS on the part classifiers (plain label smoothing for the first epochs), the
-soft-margin batch-hard triplet on the global neck feature and, with ``camera_proxies``, the
-inter-camera loss over the global and part proxies. Facts: METHODS.md §4-5.
+soft-margin batch-hard triplet on the global neck feature; with ``--camera-proxies pplr`` the
+add-on adds the inter-camera loss over the global and part proxies (``EpochLabels.spaces``). Facts: METHODS.md §4-5.
 
 Under torchrun the features are extracted in shares and gathered; PGLR and AALS stay on each
 process's slice (the classifiers' gradients are averaged by the loop); the triplet and camera
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -29,11 +28,10 @@ from ..losses import batch_hard_triplet_loss
 from ..losses.pplr import part_identity_loss, pglr_loss, pglr_targets
 from ..models.part_model import PartReidModel, part_model_to_plain
 from .base import METHODS, AdaptContext, EpochLabels, Method, StepOutput
-from .camera_aware import CameraAwareProxies, CameraProxyOptions
 
 
 @dataclass
-class PplrOptions(CameraProxyOptions):  # camera proxies on the global feature and on every part
+class PplrOptions:
     num_parts: int = 3
     agreement_k: int = 20  # neighbours compared by the cross-agreement score (self excluded)
     beta: float = 0.5  # PGLR: weight of the pseudo-label against the part predictions
@@ -54,7 +52,6 @@ class PPLR(Method):
                 f"method_options: pplr needs num_parts >= 1, agreement_k >= 1 and beta in [0, 1]; got "
                 f"{o.num_parts}, {o.agreement_k}, {o.beta}"
             )
-        self.proxies = CameraAwareProxies.from_options(o)
         self.part_features: torch.Tensor | None = None  # P×N×C of this epoch
         self.agreement: torch.Tensor | None = None  # N×P on the device
         self._model: PartReidModel | None = None  # holds this epoch's classifiers
@@ -89,11 +86,8 @@ class PPLR(Method):
             "agreement_mean": round(float(agreement.mean()), 4),
             **{f"agreement_part{p}": round(float(agreement[:, p].mean()), 4) for p in range(agreement.shape[1])},
         }
-        if self.proxies.enabled and result.num_clusters > 0:
-            cameras = np.array([s.camid for s in ctx.target_samples])
-            spaces = [features, *self.part_features]
-            figures.update(self.proxies.rebuild(spaces, labels, cameras, ctx.device))
-        return EpochLabels(labels, figures, scores={"agreement": agreement})
+        # Add-ons (camera proxies) act on the global feature and on every part.
+        return EpochLabels(labels, figures, scores={"agreement": agreement}, spaces=[features, *self.part_features])
 
     def head_parameters(self) -> list[nn.Parameter]:
         return [] if self._model is None else self._model.classifier_parameters()
@@ -114,14 +108,7 @@ class PPLR(Method):
                                             warmup=ctx.epoch < o.aals_warmup_epochs, epsilon=o.warmup_epsilon),
             "loss_triplet": batch_hard_triplet_loss(gather(out.features), batch_labels, margin=o.triplet_margin),
         }
-        if self.proxies.enabled:
-            cameras = gather(target["camid"].to(ctx.device))
-            spaces = [gather(features) for features in (out.features, *out.part_features)]
-            losses["loss_camera"] = self.proxies.loss(spaces, batch_labels, cameras, ctx.epoch)
-        return StepOutput(losses, out.features)
-
-    def after_step(self, ctx: AdaptContext) -> None:
-        self.proxies.after_step()
+        return StepOutput(losses, out.features, batch_spaces=[out.features, *out.part_features])
 
     def export_state_dict(self, model: nn.Module) -> dict[str, torch.Tensor]:
         return part_model_to_plain(model.state_dict(), drop_classifier=True)

@@ -61,6 +61,12 @@ class SpCL(Method):
     def _self_paced(self) -> bool:
         return self.options.self_paced and self.config.clustering.clusterer == "dbscan"
 
+    def ignored_settings(self) -> list[str]:
+        if self.options.self_paced and not self._self_paced:
+            return [f"method_options.self_paced is ignored with clustering.clusterer {self.config.clustering.clusterer}: "
+                    f"SpCL's reliability criterion re-runs DBSCAN at eps ± eps_gap (set self_paced: false to silence this)"]
+        return []
+
     def prepare_model(self, model: nn.Module) -> nn.Module:
         return convert_to_domain_specific_bn(model) if self._dsbn else model
 
