@@ -60,7 +60,7 @@ def _source_model(out: Path, seed: int, data_root: Path | None, device: str, reu
                   seconds: dict[str, float]) -> Path:
     """The source stage of the synthetic recipes, trained with ``seed`` (once per seed)."""
     model = out / f"source_seed{seed}" / "best.pt"
-    if not (reuse and model.exists()):
+    if not (reuse and (model.parent / "summary.json").exists()):  # a finished stage, never a partial one
         config = apply_overrides(load_recipe(find_recipe("spcl_synthx_to_synthm")), {"device": device, "seed": seed})
         started = time.perf_counter()
         train_supervised(source_stage_config(config), model.parent, data_root=data_root, progress=not quiet)

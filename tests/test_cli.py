@@ -318,3 +318,38 @@ def test_a_method_without_a_recipe_for_the_task_is_named(tmp_path):
                                       "--out", str(tmp_path / "r")])
     assert result.exit_code == 1
     assert "no recipe for --method cap in UDA (adapt): looked for cap_market1501_to_dukemtmc and cap_uda" in result.output
+
+
+def test_train_resumed_after_a_kill_ends_with_the_uninterrupted_rows_and_weights(tmp_path, monkeypatch):
+    from tiny_reid_data import metrics_rows, write_two_domains
+
+    from uda_reid.engine import loop
+    from uda_reid.models.checkpoints import load_checkpoint, save_checkpoint
+
+    data_root = write_two_domains(tmp_path / "data")
+
+    def train(out, *extra):
+        return CliRunner().invoke(cli, ["train", "--dataset", "market1501", "--data-root", str(data_root), "--out", str(out),
+                                        "--epochs", "3", "--quiet", *_sets(), "--set", "train.iters_per_epoch=2",
+                                        "--set", "train.eval_every=1", *extra])
+
+    assert train(tmp_path / "full").exit_code == 0
+
+    def killed(path, config, epoch, **state):  # the process dies right after epoch 2's last.pt
+        save_checkpoint(path, config, epoch, **state)
+        if path.name == "last.pt" and epoch == 1:
+            raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(loop, "save_checkpoint", killed)
+        assert train(tmp_path / "cut").exit_code != 0
+    assert train(tmp_path / "cut").exit_code == 1  # a started run is never silently redone
+    result = train(tmp_path / "cut", "--resume")
+    assert result.exit_code == 0, result.output
+
+    def comparable(run):
+        return [{k: v for k, v in r.items() if not k.endswith("seconds")} for r in metrics_rows(run)]
+
+    assert comparable(tmp_path / "cut") == comparable(tmp_path / "full")
+    full, cut = (load_checkpoint(tmp_path / run / "last.pt")["model"] for run in ("full", "cut"))
+    assert all(torch.equal(full[k], cut[k]) for k in full)

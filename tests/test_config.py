@@ -113,12 +113,12 @@ def test_recipe_extends_cycle_and_missing_parent_are_named(tmp_path):
 
 def test_set_values_are_typed_by_their_field_not_by_yaml_1_1():
     config = apply_overrides(RunConfig(), parse_set_options([
-        "camera_proxies.mode=off", "method_options.mode=off", "data.normalization=no", "model.init=off",
+        "camera_proxies.mode=off", "method_options.mode=off", "model.pooling=no", "model.init=off",
         "data.skip_unreadable=yes", "train.sync_bn=On", "optim.milestones=[5, 9]", "eval_datasets=[synthm]",
     ]))
     # string fields keep the words YAML 1.1 reads as booleans
     assert config.camera_proxies.mode == "off" and config.method_options["mode"] == "off"
-    assert config.data.normalization == "no" and config.model.init == "off"
+    assert config.model.pooling == "no" and config.model.init == "off"
     # boolean fields take true/false, yes/no, on/off; lists parse
     assert config.data.skip_unreadable is True and config.train.sync_bn is True
     assert config.optim.milestones == [5, 9] and config.eval_datasets == ["synthm"]
@@ -146,3 +146,25 @@ def test_a_wrong_type_names_the_key_the_value_and_the_expected_type(tmp_path):
     path.write_text("data:\n  normalization: off\n")
     with pytest.raises(ConfigError, match=r"r.yaml.data.normalization: expected a string, got the boolean False .*quote it"):
         load_recipe(path)
+
+
+@pytest.mark.parametrize(("key", "value", "message"), [
+    ("clustering.eps", "2", "--set clustering.eps=2: clustering.eps must be in (0, 1), got 2"),
+    ("clustering.eps", "-1", "--set clustering.eps=-1: clustering.eps must be in (0, 1), got -1"),
+    ("optim.lr", "-1", "--set optim.lr=-1: optim.lr must be > 0, got -1"),
+    ("data.height", "0", "--set data.height=0: data.height must be >= 1, got 0"),
+    ("adapt.epochs", "-3", "--set adapt.epochs=-3: adapt.epochs must be >= 0, got -3"),
+    ("optim.milestones", "[5, -1]", "--set optim.milestones=[5, -1]: optim.milestones must be >= 0, got -1"),
+    ("data.normalization", "imagent", "data.normalization must be one of imagenet, lup, lup_pretrain, got 'imagent'"),
+])
+def test_out_of_range_values_are_named_with_the_key_as_written(key, value, message):
+    with pytest.raises(ConfigError) as error:
+        apply_overrides(RunConfig(), parse_set_options([f"{key}={value}"]), "--set")
+    assert message in str(error.value)
+
+
+def test_a_recipe_with_an_out_of_range_value_names_the_file(tmp_path):
+    recipe = tmp_path / "bad.yaml"
+    recipe.write_text("clustering: {eps: 1.5}\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: clustering.eps must be in \(0, 1\), got 1.5"):
+        load_recipe(recipe)

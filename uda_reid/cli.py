@@ -23,13 +23,45 @@ from .errors import ConfigError, UdaReidError
 
 
 class _Group(click.Group):
-    """Turns UdaReidError into click's one-line ``Error: ...`` and exit code 1."""
+    """Turns faults in the user's input or environment into click's one-line ``Error: ...`` and exit
+    code 1: UdaReidError (also when raised inside a DataLoader worker) and OSError (a read-only or
+    full disk, a file where a folder should be). Programming errors keep their traceback."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except UdaReidError as error:
-            raise click.ClickException(str(error)) from None
+            raise click.ClickException(user_message(error)) from None
+        except OSError as error:
+            raise click.ClickException(os_error_message(error)) from None
+
+
+def user_message(error: Exception) -> str:
+    """The error's own message; for one re-raised by a DataLoader worker ("Caught ImageReadError in
+    DataLoader worker process 0. Original Traceback ..."), the original one line."""
+    message = str(error)
+    if "Original Traceback" not in message:
+        return message
+    last = [line for line in message.splitlines() if line.strip()][-1]
+    kind, sep, text = last.partition(": ")
+    return text if sep and kind.rsplit(".", 1)[-1] == type(error).__name__ else last
+
+
+def os_error_message(error: OSError) -> str:
+    """``PATH: reason`` of a failed file operation, with what to do about the usual causes."""
+    where = error.filename if error.filename is not None else ""
+    reason = error.strerror or str(error)
+    import errno
+
+    hint = {
+        errno.EROFS: "the file system is read-only; choose another --out / --data-root",
+        errno.EACCES: "no permission to write there; choose another --out / --data-root",
+        errno.ENOSPC: "the disk is full; free space or choose another --out",
+        errno.ENOTDIR: "a file is in the way where a folder is needed",
+        errno.EEXIST: "a file is in the way where a folder is needed",
+    }.get(error.errno or 0)
+    message = f"{where}: {reason}" if where else reason
+    return f"{message} ({hint})" if hint else message
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -94,10 +126,10 @@ def _prepare_run_dir(out: Path, resume: bool) -> None:
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None, help="Run folder (default: runs/train_<dataset>).")
 @click.option("--init", default=None, help="Initial weights: imagenet:PATH, lup:PATH, upreid:PATH or a uda_reid checkpoint.")
 @click.option("--arch", default=None, help="Backbone (resnet18, resnet34, resnet50, resnet101).")
-@click.option("--epochs", type=int, default=None)
+@click.option("--epochs", type=click.IntRange(min=0), default=None, help="Training epochs (train.epochs; default: the recipe's).")
 @click.option("--eval-on", "eval_on", multiple=True, help="Also evaluate the final model on this dataset (repeatable).")
 @_device_option
-@click.option("--seed", type=int, default=None)
+@click.option("--seed", type=click.IntRange(min=0), default=None, help="Random seed (default: the recipe's).")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last.pt.")
 @click.option("--set", "set_options", multiple=True, metavar="KEY=VALUE", help="Override any recipe key, e.g. --set optim.lr=1e-4.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
@@ -136,15 +168,15 @@ def _adaptation_options(f):
         click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None, help="Run folder (default: runs/<method>_<datasets>)."),
         click.option("--init", default=None, help="Initial weights: imagenet:PATH, lup:PATH, upreid:PATH or a uda_reid checkpoint."),
         click.option("--arch", default=None, help="Backbone (resnet18, resnet34, resnet50, resnet101)."),
-        click.option("--clusterer", type=click.Choice(["dbscan", "hdbscan", "kmeans"]), default=None),
+        click.option("--clusterer", type=click.Choice(["dbscan", "hdbscan", "kmeans"]), default=None, help="Clustering of the Jaccard distance (clustering.clusterer; default: the recipe's)."),
         click.option("--gds", is_flag=True, default=None, help="Add the GDS term (global distance-distribution separation) to the method's losses."),
         click.option("--gds-hard", "gds_hard", is_flag=True, default=None, help="GDS with its distribution-based hard mining (GDS-H)."),
         click.option("--camera-proxies", "camera_proxies", type=click.Choice(["cap", "pplr", "off"]), default=None,
                      help="Add camera-aware proxy losses to the method (an add-on, any method but cap): CAP's losses or PPLR's inter-camera loss, or off."),
-        click.option("--epochs", type=int, default=None),
+        click.option("--epochs", type=click.IntRange(min=0), default=None, help="Adaptation epochs (adapt.epochs; default: the recipe's)."),
         click.option("--eval-on", "eval_on", multiple=True, help="Also evaluate the final model on this dataset (repeatable)."),
         _device_option,
-        click.option("--seed", type=int, default=None),
+        click.option("--seed", type=click.IntRange(min=0), default=None, help="Random seed (default: the recipe's)."),
         click.option("--resume", is_flag=True, help="Continue the run in --out from its last.pt."),
         click.option("--set", "set_options", multiple=True, metavar="KEY=VALUE", help="Override any recipe key, e.g. --set clustering.eps=0.5."),
         click.option("--quiet", is_flag=True, help="No progress bars."),
@@ -264,8 +296,9 @@ def usl(dataset, **options):
 @_device_option
 @click.option("--rerank", is_flag=True, help="k-reciprocal re-ranking (k1=20, k2=6, lambda=0.3).")
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
+@click.option("--set", "set_options", multiple=True, metavar="KEY=VALUE", help="Override a setting of the checkpoint's config, e.g. --set data.workers=0 --set data.eval_batch_size=64.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def evaluate(dataset, weights, arch, recipe, data_root, device, rerank, as_json, quiet):
+def evaluate(dataset, weights, arch, recipe, data_root, device, rerank, as_json, set_options, quiet):
     """mAP and Rank-1/5/10 of a model on a dataset's query/gallery (Market protocol)."""
     from .data.datasets import load_dataset
     from .device import resolve_device
@@ -275,6 +308,7 @@ def evaluate(dataset, weights, arch, recipe, data_root, device, rerank, as_json,
     model, config = model_from_weights(weights, arch)
     if recipe is not None:
         config = load_recipe(find_recipe(recipe), base=config)
+    config = apply_overrides(config, parse_set_options(set_options), "--set")
     torch_device = resolve_device(device or "auto")
     data = load_dataset(dataset, data_root)
     reranker = None
@@ -291,7 +325,7 @@ def evaluate(dataset, weights, arch, recipe, data_root, device, rerank, as_json,
 
 @cli.command("plot-distances")
 @click.option("--run", "run_dir", required=True, type=click.Path(file_okay=False, exists=True, path_type=Path), help="A run folder of udareid adapt / usl / train.")
-@click.option("--checkpoint", type=click.Choice(["last", "best"]), default="last", show_default=True)
+@click.option("--checkpoint", type=click.Choice(["last", "best"]), default="last", show_default=True, help="Which checkpoint of the run to read.")
 @_data_root_option
 @_device_option
 @click.option("--quiet", is_flag=True, help="No progress bars.")
@@ -355,11 +389,11 @@ def inspect_agreement(run_dir, epoch, count, out, data_root):
 
 # --------------------------------------------------------------------------- synth
 @cli.command()
-@click.option("--domain", type=click.Choice(["synthx", "synthm", "all"]), default="all", show_default=True)
+@click.option("--domain", type=click.Choice(["synthx", "synthm", "all"]), default="all", show_default=True, help="Which synthetic domain to generate.")
 @_data_root_option
 @click.option("--num-train-ids", type=int, default=None, help="Identities in the train split (default: the domain's).")
 @click.option("--num-test-ids", type=int, default=None, help="Identities in query/gallery (default: the domain's).")
-@click.option("--seed", type=int, default=None)
+@click.option("--seed", type=click.IntRange(min=0), default=None, help="Generator seed (default: the domain's).")
 @click.option("--overwrite", is_flag=True, help="Regenerate even if a folder with these parameters exists.")
 @click.option("--montage", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Also save a grid of sample images (PNG; one per domain, suffixed).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
@@ -392,10 +426,10 @@ def data() -> None:
 
 
 @data.command("stats")
-@click.option("--dataset", required=True)
+@click.option("--dataset", required=True, help="Dataset name (market1501, dukemtmc, msmt17, personx, cuhk03, folder, synthx, synthm; short names work).")
 @click.option("--data-root", "--root", "data_root", type=click.Path(file_okay=False, path_type=Path), default=None, help="Data root (default: $UDAREID_DATA, else ~/.cache/udareid/data).")
 @click.option("--option", "options", multiple=True, metavar="KEY=VALUE", help="Dataset option, e.g. variant=detected (cuhk03), path=DIR / camera_regex=REGEX (folder).")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the counts as JSON.")
 def data_stats(dataset, data_root, options, as_json):
     """Images / ids / cameras per split (train, query, gallery)."""
     from .data.datasets import format_stats, load_dataset

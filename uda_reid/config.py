@@ -224,6 +224,77 @@ def find_recipe(name_or_path: str | os.PathLike) -> Path:
     )
 
 
+@dataclass(frozen=True)
+class Limit:
+    """The values a numeric key may take: ``low``/``high`` bounds (None: unbounded), open or closed."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def admits(self, value: float) -> bool:
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        return not (self.high is not None and (value >= self.high if self.high_open else value > self.high))
+
+    def __str__(self) -> str:
+        if self.high is None:
+            return f"> {self.low:g}" if self.low_open else f">= {self.low:g}"
+        left, right = "(" if self.low_open else "[", ")" if self.high_open else "]"
+        return f"in {left}{self.low:g}, {self.high:g}{right}"
+
+
+POSITIVE, NON_NEGATIVE = Limit(0, low_open=True), Limit(0)
+AT_LEAST_ONE, PROBABILITY, FRACTION = Limit(1), Limit(0, 1), Limit(0, 1, high_open=True)
+JACCARD_EPS = Limit(0, 1, low_open=True, high_open=True)  # a Jaccard distance lies in [0, 1]
+
+#: What each numeric key (``section.key``) may be, checked wherever it is set (recipe, flag, --set).
+LIMITS: dict[str, Limit] = {
+    "seed": NON_NEGATIVE,
+    **{f"data.{k}": AT_LEAST_ONE for k in ("height", "width", "num_instances", "batch_size", "eval_batch_size")},
+    "data.flip_prob": PROBABILITY, "data.random_erasing_prob": PROBABILITY, "data.pad": NON_NEGATIVE,
+    "data.workers": NON_NEGATIVE,
+    "model.last_stride": Limit(1, 2),
+    "optim.lr": POSITIVE, "optim.weight_decay": NON_NEGATIVE, "optim.momentum": FRACTION,
+    "optim.warmup_epochs": NON_NEGATIVE, "optim.warmup_factor": Limit(0, 1, low_open=True), "optim.gamma": Limit(0, 1, low_open=True),
+    "optim.milestones": NON_NEGATIVE,
+    "train.epochs": NON_NEGATIVE, "train.iters_per_epoch": NON_NEGATIVE, "train.label_smoothing": FRACTION,
+    "train.triplet_margin": NON_NEGATIVE, "train.id_loss_weight": NON_NEGATIVE, "train.triplet_loss_weight": NON_NEGATIVE,
+    "train.eval_every": NON_NEGATIVE, "train.bn_groups": AT_LEAST_ONE,
+    "clustering.eps": JACCARD_EPS, "clustering.min_samples": AT_LEAST_ONE, "clustering.min_cluster_size": Limit(2),
+    "clustering.n_clusters": NON_NEGATIVE, "clustering.k1": AT_LEAST_ONE, "clustering.k2": AT_LEAST_ONE,
+    "adapt.epochs": NON_NEGATIVE, "adapt.iters_per_epoch": NON_NEGATIVE, "adapt.passes_per_epoch": NON_NEGATIVE,
+    "adapt.eval_every": NON_NEGATIVE, "adapt.bn_groups": AT_LEAST_ONE, "adapt.source_pretrain_epochs": NON_NEGATIVE,
+    "gds.weight": NON_NEGATIVE, "gds.lambda_sigma": NON_NEGATIVE, "gds.lambda_hard": NON_NEGATIVE,
+    "gds.momentum": FRACTION, "gds.initial_mean": Limit(0, 2), "gds.initial_variance": POSITIVE,
+    "gds.margin": NON_NEGATIVE, "gds.hard_sigma": NON_NEGATIVE,
+    "camera_proxies.weight": NON_NEGATIVE, "camera_proxies.temperature": POSITIVE,
+    "camera_proxies.hard_negatives": NON_NEGATIVE, "camera_proxies.inter_start_epoch": NON_NEGATIVE,
+    "camera_proxies.inter_weight": NON_NEGATIVE, "camera_proxies.momentum": FRACTION,
+}
+
+#: The words a string key may be (choices kept by registries are checked by the engine, which knows them).
+CHOICES: dict[str, tuple[str, ...]] = {
+    "data.normalization": tuple(NORMALIZATIONS),
+    "data.interpolation": ("bicubic", "bilinear", "nearest"),
+    "optim.optimizer": ("adam", "sgd"),
+    "camera_proxies.mode": ("off", "cap", "pplr"),
+}
+
+
+def _check_limits(dotted: str, value: Any, where: str) -> None:
+    """``value`` of ``dotted`` against LIMITS / CHOICES; the message says where it was set and how."""
+    limit, choices = LIMITS.get(dotted), CHOICES.get(dotted)
+    if limit is not None:
+        values = value if isinstance(value, list) else [value]
+        bad = next((v for v in values if v is not None and not limit.admits(v)), None)
+        if bad is not None:
+            raise ConfigError(f"{where}: {dotted} must be {limit}, got {bad:g}")
+    if choices is not None and value not in choices:
+        raise ConfigError(f"{where}: {dotted} must be one of {', '.join(choices)}, got {value!r}")
+
+
 def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
@@ -337,11 +408,13 @@ def _key_path(where: str, key: str) -> str:
     return f"{where}{key}" if where.endswith(" ") else f"{where}.{key}"
 
 
-def update_dataclass(obj: Any, values: Mapping[str, Any], where: str) -> Any:
-    """A copy of dataclass ``obj`` with ``values`` applied; unknown keys are errors.
+def update_dataclass(obj: Any, values: Mapping[str, Any], where: str, *, section: str | None = None) -> Any:
+    """A copy of dataclass ``obj`` with ``values`` applied; unknown keys and values out of their
+    range (LIMITS, CHOICES) are errors.
 
     ``where`` names the source in messages: a file or section (keys are joined with dots), or an
-    option followed by a space (``"--set "``: keys follow it as the user typed them).
+    option followed by a space (``"--set "``: keys follow it as the user typed them). ``section``:
+    the dotted config path of ``obj`` (``"clustering"``); None for the whole RunConfig.
     """
     if not isinstance(values, Mapping):
         raise ConfigError(f"{where.rstrip()}: expected a mapping of keys, got {values!r}")
@@ -354,14 +427,24 @@ def update_dataclass(obj: Any, values: Mapping[str, Any], where: str) -> Any:
             )
         current = getattr(obj, key)
         path = _key_path(where, key)
+        dotted = key if section is None else f"{section}.{key}"
         if dataclasses.is_dataclass(current):
-            changes[key] = update_dataclass(current, value, path)
+            changes[key] = update_dataclass(current, value, path, section=dotted)
         elif isinstance(current, dict) and isinstance(value, Mapping):
             # free-form sections merge key by key; their values get a type where they are read
             changes[key] = {**current, **{k: _coerce(v, Any, f"{path}.{k}") for k, v in value.items()}}
         else:
             changes[key] = _coerce(value, types_by_name[key], path)
+            _check_limits(dotted, changes[key], _set_as_written(path, value))
     return dataclasses.replace(obj, **changes)
+
+
+def _set_as_written(path: str, value: Any) -> str:
+    """How the user set a value, for messages: ``--set clustering.eps=2``, or the recipe file."""
+    for suffix in (".yaml", ".yml"):
+        if suffix in path:
+            return path.split(suffix)[0] + suffix
+    return f"{path}={value}"
 
 
 def load_recipe(path: str | os.PathLike, base: RunConfig | None = None, *, _chain: tuple[Path, ...] = ()) -> RunConfig:

@@ -102,8 +102,13 @@ def safe_torch_load(path: str | os.PathLike) -> Any:
                 "torch.save(model.state_dict(), path), or convert it to .safetensors"
             ) from None
         raise CheckpointError(f"{path} is not a readable PyTorch checkpoint (corrupt or another format)") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as error:
-        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint: {error}") from error
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError, TypeError, AttributeError) as error:
+        # What torch's unpickler raises on a file that is not a checkpoint at all (text, truncated):
+        # KeyError / IndexError on a stray opcode, EOFError on an empty file.
+        detail = str(error) if isinstance(error, (RuntimeError, OSError, ValueError)) and str(error) else (
+            "empty file" if path.stat().st_size == 0 else f"{type(error).__name__} while unpickling")
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint ({detail}); expected a file written by "
+                              f"torch.save or a .safetensors file") from None
 
 
 def _metadata_globals() -> list[Any]:

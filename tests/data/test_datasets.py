@@ -219,6 +219,20 @@ def test_folder_dataset_maps_camera_values_numerically_and_ignores_non_images(tm
     assert dataset.num_train_ids == 0 and dataset.num_cameras == 3
 
 
+def test_folder_default_camera_pattern_does_not_read_numbers_inside_names(tmp_path: Path) -> None:
+    from uda_reid.data.datasets import format_stats
+    from uda_reid.errors import DatasetLayoutError
+
+    write_images(tmp_path, ["pic0001.jpg", "pic0002.jpg"])
+    with pytest.raises(DatasetLayoutError, match="pic0001.jpg does not match camera_regex"):
+        load_dataset("folder", tmp_path)  # not camera 1 and camera 2
+    per_image = tmp_path / "per_image"
+    write_images(per_image, [f"pic{i:04d}.jpg" for i in range(1, 7)])
+    dataset = load_dataset("folder", tmp_path, path=per_image, camera_regex=r"pic(\d+)")
+    assert dataset.num_cameras == 6 and "warning: 6 cameras for 6 train images" in format_stats(dataset)
+    assert "warning" not in format_stats(load_dataset("folder", tmp_path, path=per_image, camera_regex="none"))
+
+
 def test_folder_dataset_defaults_to_root_and_accepts_text_cameras_or_none(tmp_path: Path) -> None:
     write_images(tmp_path, ["entranceB_1.jpg", "entranceA_2.jpg", "lobby_3.jpg"])
     by_name = load_dataset("folder", tmp_path, camera_regex=r"^([a-zA-Z]+)_")
@@ -448,7 +462,7 @@ def test_folder_file_without_camera_names_file_and_regex(tmp_path: Path) -> None
     write_images(tmp_path, ["cam_c1_0001.jpg", "snapshot.jpg"])
     with pytest.raises(DatasetLayoutError) as error:
         load_dataset("folder", tmp_path)
-    assert str(tmp_path / "snapshot.jpg") in str(error.value) and r"'c(\d+)'" in str(error.value)
+    assert str(tmp_path / "snapshot.jpg") in str(error.value) and r"'(?:^|_)c(\d+)'" in str(error.value)
 
 
 def test_folder_missing_or_empty_is_named(tmp_path: Path) -> None:

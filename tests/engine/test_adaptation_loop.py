@@ -114,6 +114,11 @@ def test_unknown_method_clusterer_and_method_option_are_named(tmp_path):
         adapt(tiny_config(target="dukemtmc", method_options={"temprature": 0.1}), tmp_path, progress=False)
     with pytest.raises(ConfigError, match="needs a target dataset"):
         adapt(tiny_config(), tmp_path, progress=False)
+    # before any work: no data root is given, so a later check would fail on the missing dataset instead
+    with pytest.raises(ConfigError, match="clustering.clusterer: unknown value 'optics'; choose one of: dbscan, hdbscan, kmeans"):
+        adapt(tiny_config(target="dukemtmc", **{"clustering.clusterer": "optics"}), tmp_path, progress=False)
+    with pytest.raises(ConfigError, match="clustering.knn: unknown value 'fast'; choose one of: auto, "):
+        adapt(tiny_config(target="dukemtmc", **{"clustering.knn": "fast"}), tmp_path, progress=False)
 
 
 def test_spcl_batches_give_each_unclustered_instance_one_slot(tmp_path, data_root, monkeypatch):

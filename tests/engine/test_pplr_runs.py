@@ -76,7 +76,7 @@ def test_resumed_pplr_run_reaches_the_uninterrupted_result(tmp_path, data_root, 
 
 
 def test_unknown_camera_mode_is_named(tmp_path):
-    with pytest.raises(ConfigError, match="camera_proxies.mode: unknown value 'both'; expected one of off, cap, pplr"):
+    with pytest.raises(ConfigError, match="camera_proxies.mode=both: camera_proxies.mode must be one of off, cap, pplr, got 'both'"):
         adapt(pplr_config(**{"camera_proxies.mode": "both"}), tmp_path, progress=False)
     with pytest.raises(ConfigError, match="unknown key 'camera_proxies'"):  # no longer a method's option
         adapt(pplr_config(options={"camera_proxies": "pplr"}), tmp_path, progress=False)

@@ -123,6 +123,11 @@ def format_stats(dataset: ReidDataset) -> str:
         cells = [row[0].ljust(widths[0])] + [cell.rjust(width) for cell, width in zip(row[1:], widths[1:])]
         lines.append("  " + "  ".join(cells))
     lines.append(f"layout: {dataset.layout}")
+    train = dataset.stats()["train"]
+    if train["ids"] == 0 and train["cameras"] > 1 and train["cameras"] * 2 > train["images"]:  # unlabeled images
+        lines.append(f"warning: {train['cameras']} cameras for {train['images']} train images: the camera pattern "
+                     f"seems to read a number that changes with every image; check camera_regex "
+                     f"(--option camera_regex=REGEX, or none for one camera)")
     return "\n".join(lines)
 
 
@@ -205,14 +210,18 @@ def msmt17(data_root: Path) -> ReidDataset:
 
 # ---- a user's own cameras --------------------------------------------------------------------
 
+FOLDER_CAMERA_REGEX = r"(?:^|_)c(\d+)"
+
 @DATASETS.register("folder")
 def image_folder(
-    data_root: Path, *, path: str | os.PathLike | None = None, camera_regex: str | None = r"c(\d+)"
+    data_root: Path, *, path: str | os.PathLike | None = None, camera_regex: str | None = FOLDER_CAMERA_REGEX
 ) -> ReidDataset:
     """Unlabeled images of one's own cameras for USL: all go to train with pid -1; no query/gallery.
 
     `path` is the image folder (default: the data root itself); `camera_regex` has one group giving
-    the camera id from the file name, or is `none` for a single camera.
+    the camera id from the file name, or is `none` for a single camera. The default reads the
+    Market-style field `c<digits>` only at the start of the name or after `_` (`cam_c3_0001.jpg`,
+    `c2_000451.jpg`), so a `pic0001.jpg` is not read as camera 1.
     """
     folder = Path(path).expanduser().absolute() if path is not None else data_root
     train = read_image_folder(folder, camera_regex)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from typing import Callable, Sequence
 
@@ -10,7 +11,7 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from ..errors import ImageReadError
-from .datasets import Sample
+from .datasets import ReidDataset, Sample
 
 
 def read_image(path: str) -> Image.Image:
@@ -25,20 +26,35 @@ def read_image(path: str) -> Image.Image:
         ) from None
 
 
-def readable_samples(samples: Sequence[Sample], progress: bool = True) -> list[Sample]:
-    """The samples whose image decodes; the others are reported in one warning and dropped."""
+def split_readable(samples: Sequence[Sample], progress: bool = True, desc: str = "checking images") -> tuple[list[Sample], list[str]]:
+    """The samples whose image decodes, and the paths of those that do not."""
     good, bad = [], []
-    for sample in tqdm(samples, desc="checking images", disable=not progress, leave=False):
+    for sample in tqdm(samples, desc=desc, disable=not progress, leave=False):
         try:
             read_image(sample.path)
         except ImageReadError:
             bad.append(sample.path)
         else:
             good.append(sample)
+    return good, bad
+
+
+def readable_samples(samples: Sequence[Sample], progress: bool = True) -> list[Sample]:
+    """The samples whose image decodes; the others are reported in one warning and dropped."""
+    good, bad = split_readable(samples, progress)
     if bad:
         shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
         warnings.warn(f"skipped {len(bad)} unreadable image(s): {shown}", stacklevel=2)
     return good
+
+
+def readable_dataset(dataset: ReidDataset, progress: bool = True) -> tuple[ReidDataset, dict[str, list[str]]]:
+    """``dataset`` without the images that do not decode, in every split (``data.skip_unreadable``),
+    and the skipped paths per split, so the caller can count them on screen and in its log."""
+    kept, skipped = {}, {}
+    for split in ("train", "query", "gallery"):
+        kept[split], skipped[split] = split_readable(getattr(dataset, split), progress, f"checking {split} images")
+    return dataclasses.replace(dataset, **kept), {split: bad for split, bad in skipped.items() if bad}
 
 
 class ImageDataset(Dataset):

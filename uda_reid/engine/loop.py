@@ -36,10 +36,10 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ..addons import build_add_ons
-from ..clustering import ClusterResult, cluster_stage
+from ..clustering import CLUSTERERS, KNN_BACKENDS, ClusterResult, cluster_stage
 from ..config import RunConfig, save_config, update_dataclass
 from ..data.datasets import ReidDataset, Sample, load_dataset
-from ..data.image_dataset import ImageDataset, readable_samples
+from ..data.image_dataset import ImageDataset, readable_dataset
 from ..data.samplers import batches_per_pass, build_batch_sampler, check_sampler_rule
 from ..data.transforms import build_train_transform
 from ..errors import ConfigError, TrainingDivergedError
@@ -47,14 +47,31 @@ from ..evaluation.protocol import evaluate_model
 from ..fileio import atomic_write_text, remove_stale_temporaries
 from ..methods import AdaptContext, EpochLabels, Method, build_method
 from ..models.batchnorm import convert_to_grouped_bn
+from ..models.backbones import BACKBONES
 from ..models.factory import build_model
+from ..models.necks import POOLINGS
 from ..models.checkpoints import load_checkpoint, save_checkpoint
+from ..device import loader_workers
 from ..distributed import DistributedContext, bn_groups_per_process, init_distributed, unwrap_model
 from .epoch_records import plot_score_distributions, save_epoch_record
 from ..models.features import extract_features
 from .optim import build_optimizer, build_scheduler
 from .run_log import RunLog
 from .seeding import seed_everything
+
+
+def check_registered_choices(config: RunConfig) -> None:
+    """The keys whose values are names in a registry, named with the valid ones before any work
+    (numeric ranges and fixed word lists are checked where the config is set: ``config.LIMITS``)."""
+    checks = [
+        ("clustering.clusterer", config.clustering.clusterer, CLUSTERERS.names()),
+        ("clustering.knn", config.clustering.knn, ["auto", *KNN_BACKENDS.names()]),
+        ("model.arch", config.model.arch, BACKBONES.names()),
+        ("model.pooling", config.model.pooling, POOLINGS.names()),
+    ]
+    for key, value, valid in checks:
+        if value not in valid:
+            raise ConfigError(f"{key}: unknown value {value!r}; choose one of: {', '.join(valid)}")
 
 
 def clusterer_options(config: RunConfig) -> dict[str, Any]:
@@ -87,6 +104,7 @@ class TrainingLoop:
         resume: bool = False,
         progress: bool = True,
         dist: DistributedContext | None = None,
+        stage_name: str | None = None,
     ) -> None:
         if config.target is None:
             raise ConfigError("adaptation needs a target dataset (--target for adapt, --dataset for usl)")
@@ -97,6 +115,7 @@ class TrainingLoop:
         self.dist = dist if dist is not None else init_distributed(config.device)
         self.progress = progress and self.dist.is_main
         self.device = self.dist.device
+        check_registered_choices(config)
         self.method: Method = build_method(config)  # checks method and options before any work
         self.stage = getattr(config, self.method.settings_section)  # epochs, iterations, evaluation, BN
         rule = config.adapt.sampler if config.adapt.sampler != "auto" else self.method.sampler
@@ -108,16 +127,35 @@ class TrainingLoop:
         if self.dist.is_main:
             for folder in (self.run_dir, self.run_dir / "epochs"):
                 remove_stale_temporaries(folder)  # left by a kill during a write
-        self.log = RunLog(self.run_dir, resume=resume, writes=self.dist.is_main)
+        #: How the screen names this run's epochs: "source stage", "adaptation", "training".
+        self.stage_name = stage_name or ("training" if not self.method.clusters else "adaptation")
+        datasets = f"{config.source} -> {config.target}" if config.source and self.method.clusters else config.target
+        self.log = RunLog(self.run_dir, resume=resume, writes=self.dist.is_main,
+                          screen=self.stage_name if self.dist.is_main else None, epochs=self.stage.epochs,
+                          title=f"{self.run_dir.name}: {config.adapt.method}, {self.stage_name}, {datasets}")
 
     # ------------------------------------------------------------------ set-up
     def _load(self) -> tuple[ReidDataset | None, ReidDataset]:
         source = load_dataset(self.config.source, self.data_root) if self.config.source else None
         target = load_dataset(self.config.target, self.data_root)
+        if self.config.data.skip_unreadable:  # every split, each file checked once here
+            source = self._readable(source) if source is not None else None
+            target = self._readable(target)
         return source, target
 
-    def _samples(self, samples: list[Sample]) -> list[Sample]:
-        return readable_samples(samples, progress=self.progress) if self.config.data.skip_unreadable else samples
+    def _readable(self, dataset: ReidDataset) -> ReidDataset:
+        dataset, skipped = readable_dataset(dataset, progress=self.progress)
+        for split, paths in skipped.items():
+            shown = ", ".join(paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
+            message = f"data.skip_unreadable: skipped {len(paths)} unreadable {split} image(s) of {dataset.name}: {shown}"
+            self._say(message)
+        return dataset
+
+    def _say(self, message: str) -> None:
+        """A line for the screen (rank 0) and ``log.txt``."""
+        self.log.info(message)
+        if self.dist.is_main:
+            tqdm.write(message, file=sys.stderr)
 
     def _source_stage(self) -> "TrainingLoop | None":
         """The supervised source stage still to run (``adapt.source_pretrain_epochs`` > 0 without
@@ -131,7 +169,7 @@ class TrainingLoop:
             return None
         resume = self.dist.broadcast_object((stage_dir / "last.pt").exists())
         return TrainingLoop(source_stage_config(config), stage_dir, data_root=self.data_root, resume=resume,
-                            progress=self.progress, dist=self.dist)
+                            progress=self.progress, dist=self.dist, stage_name="source stage")
 
     def _initial_model_config(self):
         """``model.init``, or the model of the (finished) source stage."""
@@ -140,8 +178,8 @@ class TrainingLoop:
             return config.model
         stage_dir = self.run_dir / "source_pretrain"
         if self.source_stage is not None:
-            self.log.info(f"source stage: supervised training on {config.source} -> {stage_dir}"
-                          + (" (continued)" if self.source_stage.resume else ""))
+            self._say(f"source stage: supervised training on {config.source}, {config.adapt.source_pretrain_epochs} "
+                      f"epochs -> {stage_dir}" + (" (continued)" if self.source_stage.resume else ""))
             self.source_stage.run()
             seed_everything(config.seed)  # adaptation then draws as a run started with --init <stage>/best.pt
         return dataclasses.replace(config.model, init=str(stage_dir / "best.pt"))
@@ -164,8 +202,8 @@ class TrainingLoop:
         if dist.is_main:
             save_config(config, self.run_dir / "config.yaml")
         source, target = self._load()
-        target_samples = self._samples(target.train)
-        source_samples = self._samples(source.train) if source is not None and self.method.uses_source_batches else None
+        target_samples = target.train
+        source_samples = source.train if source is not None and self.method.uses_source_batches else None
         state = self._resume_state()
         if state is not None and state["epoch"] + 1 >= self.stage.epochs and (self.run_dir / "summary.json").exists():
             self.log.info(f"resume: {self.run_dir} already finished its {self.stage.epochs} epochs; nothing to do")
@@ -176,13 +214,13 @@ class TrainingLoop:
             self.log.info(f"initial weights: {report}")
         else:
             self.log.info("initial weights: random (no model.init); the paper recipes expect --init imagenet:PATH")
-        self.log.info(f"method {config.adapt.method} on {target.name}: {self.sampler_rule} batches of "
-                      f"{config.data.batch_size} images (K = {config.data.num_instances})"
-                      + "".join(f" + {add_on.section}" for add_on in self.add_ons))
+        self._say(f"{self.stage_name}: {config.adapt.method}"
+                  + "".join(f" + {add_on.section}" for add_on in self.add_ons)
+                  + (f", {config.source} -> {target.name}" if config.source and self.method.clusters else f" on {target.name}")
+                  + f", {self.stage.epochs} epochs, {self.sampler_rule} batches of {config.data.batch_size} images "
+                  f"(K = {config.data.num_instances})")
         for message in self.method.ignored_settings():
-            self.log.info(f"note: {message}")
-            if dist.is_main:
-                print(f"note: {message}", file=sys.stderr)
+            self._say(f"note: {message}")
         model = self.method.prepare_model(model)
         # bn_groups counts groups of the global batch: each process computes its share of them.
         section = self.method.settings_section
@@ -304,9 +342,10 @@ class TrainingLoop:
         row.update(clusters=result.num_clusters, outliers=result.num_outliers,
                    cluster_seconds=round(sum(result.timings.values()), 3))
         if result.num_clusters == 0:
-            self.log.info(f"epoch {epoch + 1}: every target image is an outlier; training on instances")
+            self._say(f"warning: epoch {epoch + 1}: every target image is an outlier (check clustering.eps / min_samples)")
         elif result.num_clusters == 1 and result.num_outliers == 0:
-            self.log.info(f"epoch {epoch + 1}: all target images fell into one cluster")
+            self._say(f"warning: epoch {epoch + 1}: all target images fell into one cluster (clustering.eps "
+                      f"{config.clustering.eps} is too loose for these features?)")
         epoch_labels = self.method.on_clusters(result, features, ctx)
         if dist.is_distributed:
             checksum = dist.check_identical(
@@ -351,12 +390,14 @@ class TrainingLoop:
         )
 
     def _loader(self, samples: list[Sample], sampler, labels=None) -> DataLoader:
-        """This process's slices of the sampler's global batches."""
+        """This process's slices of the sampler's global batches. A new loader every epoch: its
+        workers are seeded from the main process's random state, which checkpoints keep, so a
+        resumed run draws the same augmentations (persistent workers would not)."""
         return DataLoader(
             ImageDataset(samples, build_train_transform(self.config.data), labels=labels),
             batch_size=self.config.data.batch_size // self.dist.world_size,
             sampler=sampler,
-            num_workers=self.config.data.workers,
+            num_workers=loader_workers(self.config.data.workers),
             drop_last=True,
             pin_memory=self.device.type == "cuda",
         )
@@ -364,7 +405,7 @@ class TrainingLoop:
     def _train_epoch(self, ctx: AdaptContext, optimizer, epoch: int, labels: np.ndarray) -> dict[str, float]:
         config = self.config
         if (labels >= 0).sum() == 0:
-            self.log.info(f"epoch {epoch + 1}: no target image has a training label; epoch skipped")
+            self._say(f"warning: epoch {epoch + 1}: no target image has a training label; epoch skipped")
             return {}
         iterations = self._iterations(labels)
         sampler = self._batch_sampler(labels, [s.camid for s in ctx.target_samples], num_batches=iterations, epoch=epoch,
@@ -378,7 +419,8 @@ class TrainingLoop:
             source_loader = iter(self._loader(source, source_sampler))
         ctx.model.train()
         totals: dict[str, float] = {}
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{self.stage.epochs}", disable=not self.progress, leave=False)
+        bar = tqdm(loader, desc=f"{self.stage_name} epoch {epoch + 1}/{self.stage.epochs}", disable=not self.progress,
+                   leave=False)
         for iteration, target_batch in enumerate(bar):
             batch = {"target": {**target_batch, "label": target_batch["pid"]}}
             if source_loader is not None:
@@ -468,6 +510,7 @@ class TrainingLoop:
         }
         for name in self.config.eval_datasets:
             other = load_dataset(name, self.data_root)
+            other = self._readable(other) if self.config.data.skip_unreadable else other
             summary.setdefault("also_evaluated", {})[other.name] = self._evaluate(model, other)
         for name, figures in {target.name: last, **summary.get("also_evaluated", {})}.items():
             self.log.info(f"final {name}: " + ", ".join(f"{k} {v:.1f}" for k, v in figures.items()))

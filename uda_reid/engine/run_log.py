@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,9 @@ import matplotlib
 
 matplotlib.use("Agg")  # no screen needed
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+from tqdm import tqdm  # noqa: E402
 
 from ..fileio import atomic_path, atomic_write_text  # noqa: E402
 
@@ -35,9 +39,13 @@ class RunLog:
     ``writes=False`` (ranks other than 0): rows are kept in memory only, nothing is written or logged.
     """
 
-    def __init__(self, run_dir: str | Path, *, resume: bool = False, writes: bool = True) -> None:
+    def __init__(self, run_dir: str | Path, *, resume: bool = False, writes: bool = True, screen: str | None = None,
+                 epochs: int | None = None, title: str = "") -> None:
         self.run_dir = Path(run_dir)
+        self.title = title  # of metrics.png: the run, its method and datasets
         self.writes = writes
+        self.screen = screen  # the stage name to print each row's line under (None: nothing on screen)
+        self.epochs = epochs
         self.metrics_path = self.run_dir / "metrics.jsonl"
         self.plot_path = self.run_dir / "metrics.png"
         self.rows: list[dict[str, Any]] = []
@@ -50,6 +58,8 @@ class RunLog:
 
     def append(self, row: dict[str, Any]) -> None:
         self.rows.append(row)
+        if self.screen is not None:  # a line that stays on screen, between the progress bars
+            tqdm.write(screen_line(self.screen, row, self.epochs), file=sys.stderr)
         if not self.writes:
             return
         lines = "".join(json.dumps(r, sort_keys=False) + "\n" for r in self.rows)
@@ -70,28 +80,49 @@ class RunLog:
     def plot(self) -> None:
         panels = []
         for title, prefixes in _PANELS.items():
-            keys = sorted(
-                {k for r in self.rows for k, v in r.items() if _is_number(v) and k.startswith(prefixes)}
-            )
+            present = {k for r in self.rows for k, v in r.items() if _is_number(v) and k.startswith(prefixes)}
+            # the panel's own order first (mAP, rank1, rank5, rank10), then any other key by name
+            keys = [k for k in prefixes if k in present] + sorted(present - set(prefixes))
             if keys:
                 panels.append((title, keys))
         if not panels:
             return
-        fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), squeeze=False)
+        fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.9), squeeze=False)
         for ax, (title, keys) in zip(axes[0], panels):
             for key in keys:
                 points = [(r["epoch"], r[key]) for r in self.rows if _is_number(r.get(key)) and "epoch" in r]
                 if points:
                     xs, ys = zip(*points)
                     ax.plot(xs, ys, marker="o", markersize=3, label=key)
+            if title == "clusters":  # counts of very different sizes (clusters vs outliers): log scale
+                ax.set_yscale("symlog", linthresh=10)
             ax.set_title(title)
             ax.set_xlabel("epoch")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7)
+        if self.title:
+            fig.suptitle(self.title, fontsize=10)
         fig.tight_layout()
         with atomic_path(self.plot_path) as tmp:
             fig.savefig(tmp, format="png", dpi=90)
         plt.close(fig)
+
+
+def screen_line(stage: str, row: dict[str, Any], epochs: int | None = None) -> str:
+    """One line per row for the screen: ``adaptation epoch 3/10  clusters 95 (639 outliers)  loss 5.84  mAP 22.8  R1 31.0``."""
+    epoch = row.get("epoch", 0)
+    head = f"{stage}: initial model" if epoch == 0 else f"{stage} epoch {epoch}" + (f"/{epochs}" if epochs else "")
+    parts = [head]
+    if "clusters" in row:
+        parts.append(f"clusters {row['clusters']} ({row.get('outliers', 0)} outliers)")
+    if "loss" in row:
+        parts.append(f"loss {row['loss']:.3f}")
+    if "mAP" in row:
+        parts.append(f"mAP {row['mAP']:.1f}  R1 {row.get('rank1', float('nan')):.1f}")
+    if "epoch_seconds" in row:
+        parts.append(f"({row['epoch_seconds']:.0f} s)")
+    return "  ".join(parts)
 
 
 def _is_number(value: Any) -> bool:

@@ -10,6 +10,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ..config import DataConfig
+from ..device import loader_workers
 from ..data.datasets import Sample
 from ..data.image_dataset import ImageDataset
 from ..data.transforms import build_test_transform
@@ -24,7 +25,7 @@ def eval_loader(samples: Sequence[Sample], data_config: DataConfig, device: torc
         ImageDataset(samples, build_test_transform(data_config)),
         batch_size=data_config.eval_batch_size,
         shuffle=False,
-        num_workers=data_config.workers,
+        num_workers=loader_workers(data_config.workers),
         pin_memory=device.type == "cuda",
     )
 
