@@ -5,7 +5,7 @@ import pytest
 from sklearn.metrics import average_precision_score
 
 from uda_reid.errors import UdaReidError
-from uda_reid.evaluation import evaluate_ranking
+from uda_reid.evaluation import EvaluationInputError, evaluate_ranking
 
 
 def brute_force(distmat, q_pids, g_pids, q_cams, g_cams, max_rank):
@@ -65,3 +65,29 @@ def test_bad_shapes_and_values_are_clear_errors():
         evaluate_ranking(np.array([[np.nan]]), [1], [1], [0], [1])
     with pytest.raises(UdaReidError, match="no query has a true match"):
         evaluate_ranking(np.array([[0.1]]), [1], [2], [0], [1])
+
+
+@pytest.mark.parametrize("chunk_rows", [1, 7, 1000])
+def test_ranking_in_query_chunks_gives_the_same_figures(chunk_rows):
+    from uda_reid.evaluation.ranking import evaluate_ranking_chunked
+
+    rng = np.random.default_rng(3)
+    distmat = rng.random((40, 90)).round(2)  # rounded: many ties, ordered by gallery index either way
+    q_pids, g_pids = rng.integers(0, 12, 40), rng.integers(0, 12, 90)
+    q_cams, g_cams = rng.integers(0, 3, 40), rng.integers(0, 3, 90)
+    whole = evaluate_ranking(distmat, q_pids, g_pids, q_cams, g_cams, max_rank=20, chunk_rows=10_000)
+    chunked = evaluate_ranking(distmat, q_pids, g_pids, q_cams, g_cams, max_rank=20, chunk_rows=chunk_rows)
+    streamed = evaluate_ranking_chunked(
+        ((slice(s, min(s + chunk_rows, 40)), distmat[s : s + chunk_rows]) for s in range(0, 40, chunk_rows)),
+        q_pids, g_pids, q_cams, g_cams, max_rank=20)
+    for result in (chunked, streamed):
+        assert result["mAP"] == whole["mAP"] and result["num_valid_queries"] == whole["num_valid_queries"]
+        np.testing.assert_array_equal(result["cmc"], whole["cmc"])
+
+
+def test_chunks_that_miss_queries_are_refused():
+    from uda_reid.evaluation.ranking import evaluate_ranking_chunked
+
+    distmat = np.random.default_rng(0).random((4, 5))
+    with pytest.raises(EvaluationInputError, match="covered 2 query rows; expected 4"):
+        evaluate_ranking_chunked([(slice(0, 2), distmat[:2])], np.arange(4), np.arange(5), np.zeros(4), np.ones(5))

@@ -13,7 +13,11 @@ from ..config import DataConfig
 from ..data.datasets import ReidDataset
 from ..models.features import extract_features
 from ..errors import DatasetLayoutError
-from .ranking import evaluate_ranking
+from .ranking import evaluate_ranking, evaluate_ranking_chunked
+
+#: Distances ranked at a time by evaluation (queries × gallery entries): 32 M floats = 128 MB plus
+#: the sort's int64 indices, whatever the size of the query set.
+QUERY_CHUNK_ENTRIES = 32 * 1024 * 1024
 
 if TYPE_CHECKING:
     from ..distributed import DistributedContext
@@ -69,12 +73,16 @@ def _ranking_figures(
 ) -> dict[str, float]:
     """Figures of the query rows (first) against the gallery rows of ``features``."""
     query, gallery = features[: len(dataset.query)], features[len(dataset.query) :]
-    distmat = rerank(query, gallery) if rerank is not None else squared_euclidean(query, gallery)
-    result = evaluate_ranking(
-        distmat,
+    ids = (
         np.array([s.pid for s in dataset.query]),
         np.array([s.pid for s in dataset.gallery]),
         np.array([s.camid for s in dataset.query]),
         np.array([s.camid for s in dataset.gallery]),
     )
-    return summarize(result)
+    if rerank is not None:  # re-ranking needs every query against every gallery image at once
+        return summarize(evaluate_ranking(rerank(query, gallery), *ids))
+    # Distances of a chunk of queries at a time: memory follows the chunk, not Q×G.
+    rows = max(1, QUERY_CHUNK_ENTRIES // max(1, len(dataset.gallery)))
+    chunks = ((slice(start, start + len(block)), squared_euclidean(block, gallery))
+              for start, block in ((start, query[start : start + rows]) for start in range(0, len(query), rows)))
+    return summarize(evaluate_ranking_chunked(chunks, *ids))
