@@ -1,6 +1,7 @@
 """Clustering-stage benchmark: wall time per step, peak memory and cluster counts as JSON.
 
     python benchmarks/clustering_stage.py --n 32621 --dim 2048 --floor --json
+    python benchmarks/clustering_stage.py --n 32621 --dim 2048 --compare-float32   # bf16 candidates vs float32
     python benchmarks/clustering_stage.py --n 12936 --reference
 
 Also ``udareid bench clustering`` in a source checkout (the CLI loads this file only when called). Features are synthetic (identities × samples with camera offsets,
@@ -193,6 +194,8 @@ def run_benchmark(
     products: bool = False,
     recall_sample: int = 2000,
     generator: dict[str, Any] | None = None,
+    product: str = "auto",
+    compare_float32: bool = False,
 ) -> dict[str, Any]:
     """Run the stage once on synthetic or loaded features and return the figures as a dict."""
     report: dict[str, Any] = {"load_average_at_start": _load_average()}
@@ -218,10 +221,15 @@ def run_benchmark(
     warm_lists = knn_search(warm, warm_k1, knn=backend).indices
     jaccard_from_neighbors(warm, warm_lists, warm_k1, min(k2, warm_k1))
 
+    knn_options = {"product": product} if backend == "torch" else {}
+    if backend == "torch":  # the bf16 kernels warm up too
+        knn_search(warm, warm_k1, knn=backend, **knn_options)
     peak_reset = _reset_peak_rss()
     start = time.perf_counter()
-    lists = knn_search(unit, k1, knn=backend)
+    lists = knn_search(unit, k1, knn=backend, **knn_options)
     knn_seconds = time.perf_counter() - start
+    report["knn_product"] = lists.product
+    report["rechecked_rows"] = lists.rechecked_rows  # bf16: rows whose candidate margin had to be widened
     start = time.perf_counter()
     distance = jaccard_from_neighbors(unit, lists.indices, k1, k2, max_distance=limit)
     jaccard_seconds = time.perf_counter() - start
@@ -273,6 +281,21 @@ def run_benchmark(
             "peak_rss_gib_with_reference": round(_peak_rss_gib(), 3),
         }
         del dense, ours
+    if compare_float32 and backend == "torch" and lists.product != "float32":
+        start = time.perf_counter()
+        exact = knn_search(unit, k1, knn=backend, product="float32")
+        exact_knn_seconds = time.perf_counter() - start
+        start = time.perf_counter()
+        exact_distance = jaccard_from_neighbors(unit, exact.indices, k1, k2, max_distance=limit)
+        exact_jaccard_seconds = time.perf_counter() - start
+        exact_labels = model.fit_predict(exact_distance if model.input_kind == "distance" else unit)
+        report["float32_product"] = {
+            "seconds": {"knn": round(exact_knn_seconds, 3), "jaccard": round(exact_jaccard_seconds, 3),
+                        "knn_plus_jaccard": round(exact_knn_seconds + exact_jaccard_seconds, 3)},
+            "identical_neighbor_lists": bool(np.array_equal(exact.indices, lists.indices)),
+            "identical_labels": bool(np.array_equal(exact_labels, labels)),
+            "speedup_knn_plus_jaccard": round((exact_knn_seconds + exact_jaccard_seconds) / (knn_seconds + jaccard_seconds), 3),
+        }
     if products:
         report["products_gflops"] = compare_products(dim)
     return report
@@ -307,11 +330,14 @@ def _max_distance_option(value: str) -> Any:
 @click.option("--samples-per-identity", type=click.IntRange(min=1), default=31, show_default=True, help="Synthetic: images per identity.")
 @click.option("--noise", type=click.FloatRange(min=0), default=0.6, show_default=True, help="Synthetic: per-dim noise scale (1.0 = hard).")
 @click.option("--spectrum-decay", type=click.FloatRange(min=0), default=1.0, show_default=True, help="Synthetic: identity-centre spectrum exponent (0 = isotropic).")
+@click.option("--product", type=click.Choice(["auto", "float32", "bf16"]), default="auto", show_default=True,
+              help="Arithmetic of the exact kNN's candidate search (bf16: re-scored and certified in float32).")
+@click.option("--compare-float32", is_flag=True, help="Also run kNN + Jaccard + clustering with the float32 product: time, identical lists and labels.")
 @click.option("--json", "as_json", is_flag=True, help="Print only the JSON object.")
 @click.option("--output", type=click.Path(dir_okay=False, path_type=Path), help="Also write the JSON to this file.")
 def clustering_bench(
     n, dim, k1, k2, knn, clusterer, seed, features_path, max_distance, reference, floor, products, recall_sample,
-    samples_per_identity, noise, spectrum_decay, as_json, output,
+    samples_per_identity, noise, spectrum_decay, product, compare_float32, as_json, output,
 ):
     """Time the clustering stage (kNN, Jaccard, clustering) and print the figures as JSON."""
     if n < 2 or dim < 1:
@@ -321,6 +347,7 @@ def clustering_bench(
         max_distance=_max_distance_option(max_distance), reference=reference, floor=floor, products=products,
         recall_sample=recall_sample,
         generator={"samples_per_identity": samples_per_identity, "noise": noise, "spectrum_decay": spectrum_decay},
+        product=product, compare_float32=compare_float32,
     )
     text = json.dumps(report, indent=None if as_json else 2)
     if output is not None:

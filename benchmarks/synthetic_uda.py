@@ -1,6 +1,7 @@
 """Synthetic UDA / USL benchmark, synthx -> synthm, as JSON: direct transfer against every method, over seeds.
 
     python benchmarks/synthetic_uda.py --seeds 1,2,3 --out runs/bench_synthetic_uda [--runs a,b] [--reuse]
+    python benchmarks/synthetic_uda.py --seeds 1,2,3 --runs spcl_uda --precision bf16   # source stage too
 
 For each seed, one supervised source model (the recipes' shared source stage: ResNet-18 on synthx,
 trained with that seed, or the one of ``--source-seed``) is the starting point of every run: evaluated
@@ -26,6 +27,7 @@ import click
 
 from uda_reid.config import apply_overrides, find_recipe, load_recipe
 from uda_reid.engine.loop import adapt, source_stage_config, train_supervised
+from uda_reid.precision import PRECISIONS
 
 # name: (recipe, overrides applied on top of it)
 RUNS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -56,12 +58,12 @@ def _spread(values: list[float]) -> dict[str, float]:
     return {"mean": round(mean, 2), "std": round(std, 2)}
 
 
-def _source_model(out: Path, seed: int, data_root: Path | None, device: str, reuse: bool, quiet: bool,
+def _source_model(out: Path, seed: int, data_root: Path | None, settings: dict[str, str], reuse: bool, quiet: bool,
                   seconds: dict[str, float]) -> Path:
     """The source stage of the synthetic recipes, trained with ``seed`` (once per seed)."""
     model = out / f"source_seed{seed}" / "best.pt"
     if not (reuse and (model.parent / "summary.json").exists()):  # a finished stage, never a partial one
-        config = apply_overrides(load_recipe(find_recipe("spcl_synthx_to_synthm")), {"device": device, "seed": seed})
+        config = apply_overrides(load_recipe(find_recipe("spcl_synthx_to_synthm")), {**settings, "seed": seed})
         started = time.perf_counter()
         train_supervised(source_stage_config(config), model.parent, data_root=data_root, progress=not quiet)
         seconds[f"source_seed{seed}"] = round(time.perf_counter() - started, 1)
@@ -69,18 +71,22 @@ def _source_model(out: Path, seed: int, data_root: Path | None, device: str, reu
 
 
 @click.command()
-@click.option("--data-root", type=click.Path(file_okay=False, path_type=Path), default=None)
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("runs/bench_synthetic_uda"), show_default=True)
+@click.option("--data-root", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder of the synthetic domains (default: $UDAREID_DATA, else ~/.cache/udareid/data; generated if missing).")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("runs/bench_synthetic_uda"), show_default=True,
+              help="Folder of the source models and runs (per seed).")
 @click.option("--runs", "selected", default=",".join(RUNS), show_default=True, help="Comma-separated subset of the runs.")
 @click.option("--seeds", default="1", show_default=True, help="Comma-separated seeds; each trains its own source model.")
 @click.option("--source-seed", type=int, default=None, help="Train one source model with this seed and start every seed's runs from it.")
 @click.option("--source-model", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
               help="Start every run from this checkpoint instead of training the source stage.")
 @click.option("--reuse", is_flag=True, help="Keep runs (and source models) already finished in --out.")
-@click.option("--device", default="auto", show_default=True)
-@click.option("--quiet", is_flag=True)
+@click.option("--device", default="auto", show_default=True, help="auto (cuda when available, else cpu), cpu, cuda or cuda:N.")
+@click.option("--precision", type=click.Choice(list(PRECISIONS)), default="fp32", show_default=True,
+              help="Backbone arithmetic of the source stage and of every run.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
 def main(data_root: Path | None, out: Path, selected: str, seeds: str, source_seed: int | None,
-         source_model: Path | None, reuse: bool, device: str, quiet: bool) -> None:
+         source_model: Path | None, reuse: bool, device: str, precision: str, quiet: bool) -> None:
     names = [name.strip() for name in selected.split(",") if name.strip()]
     unknown = sorted(set(names) - set(RUNS))
     if unknown:
@@ -89,10 +95,11 @@ def main(data_root: Path | None, out: Path, selected: str, seeds: str, source_se
         seed_list = [int(seed) for seed in seeds.split(",") if seed.strip()]
     except ValueError:
         raise click.BadParameter(f"expected comma-separated integers, got {seeds!r}", param_hint="--seeds") from None
+    settings = {"device": device, "precision": precision}
     seconds: dict[str, float] = {}
     per_seed: dict[str, dict[int, dict[str, float]]] = {"direct_transfer": {}}
     for seed in seed_list:
-        model = source_model or _source_model(out, seed if source_seed is None else source_seed, data_root, device,
+        model = source_model or _source_model(out, seed if source_seed is None else source_seed, data_root, settings,
                                               reuse, quiet, seconds)
         for name in names:
             recipe, overrides = RUNS[name]
@@ -101,7 +108,7 @@ def main(data_root: Path | None, out: Path, selected: str, seeds: str, source_se
                 summary = json.loads((run_dir / "summary.json").read_text())
             else:
                 config = apply_overrides(load_recipe(find_recipe(recipe)),
-                                         {"device": device, "model.init": str(model), "seed": seed, **overrides})
+                                         {**settings, "model.init": str(model), "seed": seed, **overrides})
                 started = time.perf_counter()
                 summary = adapt(config, run_dir, data_root=data_root, progress=not quiet)
                 seconds[f"seed{seed}/{name}"] = round(time.perf_counter() - started, 1)
@@ -109,7 +116,7 @@ def main(data_root: Path | None, out: Path, selected: str, seeds: str, source_se
             figures = {**_pick(summary, "last"), "best_mAP": round(summary["best_mAP"], 2)}
             figures["gain_mAP"] = round(figures["mAP"] - direct["mAP"], 2)
             per_seed.setdefault(name, {})[seed] = figures
-    report: dict[str, Any] = {"seeds": seed_list, "source_seed": source_seed, "std": "sample (n - 1)", "runs": {}}
+    report: dict[str, Any] = {"seeds": seed_list, "precision": precision, "source_seed": source_seed, "std": "sample (n - 1)", "runs": {}}
     for name, by_seed in per_seed.items():
         entry: dict[str, Any] = {"per_seed": by_seed}
         for key in ("mAP", "rank1", "best_mAP", "gain_mAP"):

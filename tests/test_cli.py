@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
@@ -11,6 +12,8 @@ from uda_reid.config import RunConfig, apply_overrides
 from uda_reid.data.datasets import load_dataset
 from uda_reid.models.checkpoints import save_checkpoint
 from uda_reid.evaluation.protocol import evaluate_model
+from uda_reid.evaluation.ranking import evaluate_ranking
+from uda_reid.models.features import extract_features
 from uda_reid.models import ReidModel
 
 from layout_factory import write_market_style
@@ -114,6 +117,7 @@ def _sets():
     [
         ["adapt", "--source", "market", "--target", "duke"],
         ["usl", "--dataset", "duke", "--clusterer", "kmeans"],
+        ["usl", "--dataset", "duke", "--precision", "bf16"],
     ],
 )
 def test_adapt_and_usl_commands_run_and_save_the_resolved_config(tmp_path, command):
@@ -130,6 +134,7 @@ def test_adapt_and_usl_commands_run_and_save_the_resolved_config(tmp_path, comma
     saved = yaml.safe_load((out / "config.yaml").read_text())
     assert saved["target"] == "dukemtmc" and saved["adapt"]["epochs"] == 1 and saved["data"]["height"] == 32
     assert saved["source"] == ("market1501" if command[0] == "adapt" else None)
+    assert saved["precision"] == ("bf16" if "--precision" in command else "fp32")
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [0, 1]
     # Running again into the same folder without --resume is refused; with --resume it is a no-op run.
@@ -145,14 +150,22 @@ def test_adapt_unknown_method_lists_known_ones(tmp_path):
 def test_evaluate_rerank_uses_k_reciprocal_re_ranking(tmp_path, market_root, monkeypatch):
     from tiny_reid_data import write_two_domains
     from uda_reid.evaluation import rerank as rerank_module
-    from uda_reid.evaluation.rerank import re_rank
+    from uda_reid.evaluation.rerank import re_rank, re_rank_chunks
 
     calls = []
-    monkeypatch.setattr(rerank_module, "re_rank", lambda q, g: calls.append(len(q)) or re_rank(q, g))
+    monkeypatch.setattr(rerank_module, "re_rank_chunks",
+                        lambda q, g, *a, **kw: calls.append(len(q)) or re_rank_chunks(q, g, *a, **kw))
 
     data_root = write_two_domains(tmp_path / "two_domains")
     config, model = _run_checkpoint(tmp_path)
-    expected = evaluate_model(model, load_dataset("dukemtmc", data_root), config.data, progress=False, rerank=re_rank)
+    data = load_dataset("dukemtmc", data_root)
+    expected = evaluate_model(model, data, config.data, progress=False, rerank=re_rank_chunks)
+    # the chunked ranking equals ranking the whole re-ranked matrix
+    features = extract_features(model, list(data.query) + list(data.gallery), config.data, progress=False)
+    whole = evaluate_ranking(re_rank(features[: len(data.query)], features[len(data.query):]),
+                             *(np.array([getattr(s, key) for s in samples]) for key, samples in
+                               (("pid", data.query), ("pid", data.gallery), ("camid", data.query), ("camid", data.gallery))))
+    assert expected["mAP"] == pytest.approx(100 * whole["mAP"])
     args = ["evaluate", "--dataset", "dukemtmc", "--weights", str(tmp_path / "best.pt"), "--json", "--quiet", "--device", "cpu"]
     result = CliRunner().invoke(cli, args + ["--rerank", "--data-root", str(data_root)])
     assert result.exit_code == 0, result.output
@@ -353,3 +366,14 @@ def test_train_resumed_after_a_kill_ends_with_the_uninterrupted_rows_and_weights
     assert comparable(tmp_path / "cut") == comparable(tmp_path / "full")
     full, cut = (load_checkpoint(tmp_path / run / "last.pt")["model"] for run in ("full", "cut"))
     assert all(torch.equal(full[k], cut[k]) for k in full)
+
+
+def test_fp16_on_a_cpu_is_one_line_naming_the_alternatives(tmp_path):
+    from tiny_reid_data import write_two_domains
+
+    data_root = write_two_domains(tmp_path / "data")
+    result = CliRunner().invoke(cli, ["usl", "--dataset", "duke", "--precision", "fp16", "--data-root", str(data_root),
+                                      "--out", str(tmp_path / "run"), "--quiet", *_sets()])
+    assert result.exit_code == 1
+    assert "Error: precision fp16 needs a GPU" in result.output and "use bf16" in result.output
+    assert "Traceback" not in result.output and not (tmp_path / "run" / "last.pt").exists()

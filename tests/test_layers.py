@@ -11,7 +11,7 @@ from pathlib import Path
 import uda_reid
 
 LAYERS = [
-    {"errors", "registry", "fileio", "config", "device", "distributed", "centroids"},
+    {"errors", "registry", "fileio", "config", "device", "precision", "distributed", "centroids"},
     {"data"},
     {"models"},
     {"clustering", "memory", "losses"},

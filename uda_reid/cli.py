@@ -18,7 +18,7 @@ from typing import Any
 
 import click
 
-from .config import RunConfig, apply_overrides, find_recipe, load_recipe, parse_set_options
+from .config import PRECISIONS, RunConfig, apply_overrides, find_recipe, load_recipe, parse_set_options
 from .errors import ConfigError, UdaReidError
 
 
@@ -86,6 +86,15 @@ def _device_option(f):
     )(f)
 
 
+def _precision_option(f):
+    return click.option(
+        "--precision", type=click.Choice(list(PRECISIONS)), default=None,
+        help="Backbone arithmetic: fp32, bf16 (CPUs with AVX-512 BF16/AMX, recent GPUs), fp16 (GPUs, with loss "
+             "scaling) or auto (fp16 on GPUs, bf16 where the CPU has it, else fp32). Losses, memories and "
+             "checkpoints stay float32. Default: the recipe's (fp32).",
+    )(f)
+
+
 def _resolve_config(recipe: str, overrides: dict[str, Any], set_options: tuple[str, ...]) -> RunConfig:
     """Recipe file, then the explicit flags, then ``--set key=value`` pairs."""
     config = load_recipe(find_recipe(recipe))
@@ -93,12 +102,13 @@ def _resolve_config(recipe: str, overrides: dict[str, Any], set_options: tuple[s
     return apply_overrides(config, parse_set_options(set_options), "--set")
 
 
-def _shared_overrides(init, arch, device, seed, eval_on) -> dict[str, Any]:
+def _shared_overrides(init, arch, device, precision, seed, eval_on) -> dict[str, Any]:
     """The flags every training command shares, as dotted config keys (None = keep the recipe's)."""
     return {
         "model.init": init,
         "model.arch": arch,
         "device": device,
+        "precision": precision,
         "seed": seed,
         "eval_datasets": list(eval_on) if eval_on else None,
     }
@@ -129,11 +139,13 @@ def _prepare_run_dir(out: Path, resume: bool) -> None:
 @click.option("--epochs", type=click.IntRange(min=0), default=None, help="Training epochs (train.epochs; default: the recipe's).")
 @click.option("--eval-on", "eval_on", multiple=True, help="Also evaluate the final model on this dataset (repeatable).")
 @_device_option
+@_precision_option
 @click.option("--seed", type=click.IntRange(min=0), default=None, help="Random seed (default: the recipe's).")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last.pt.")
 @click.option("--set", "set_options", multiple=True, metavar="KEY=VALUE", help="Override any recipe key, e.g. --set optim.lr=1e-4.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def train(dataset, recipe, data_root, out, init, arch, epochs, eval_on, device, seed, resume, set_options, quiet):
+def train(dataset, recipe, data_root, out, init, arch, epochs, eval_on, device, precision, seed, resume, set_options,
+          quiet):
     """Supervised training (ID + triplet) on a labelled dataset; stage 1 of UDA."""
     from .config import recipes_dir
     from .distributed import distributed_session
@@ -144,7 +156,7 @@ def train(dataset, recipe, data_root, out, init, arch, epochs, eval_on, device, 
     overrides = {
         "dataset": dataset,
         "train.epochs": epochs,
-        **_shared_overrides(init, arch, device, seed, eval_on),
+        **_shared_overrides(init, arch, device, precision, seed, eval_on),
     }
     config = _resolve_config(recipe, overrides, set_options)
     out = out or Path("runs") / f"train_{dataset}"
@@ -176,6 +188,7 @@ def _adaptation_options(f):
         click.option("--epochs", type=click.IntRange(min=0), default=None, help="Adaptation epochs (adapt.epochs; default: the recipe's)."),
         click.option("--eval-on", "eval_on", multiple=True, help="Also evaluate the final model on this dataset (repeatable)."),
         _device_option,
+        _precision_option,
         click.option("--seed", type=click.IntRange(min=0), default=None, help="Random seed (default: the recipe's)."),
         click.option("--resume", is_flag=True, help="Continue the run in --out from its last.pt."),
         click.option("--set", "set_options", multiple=True, metavar="KEY=VALUE", help="Override any recipe key, e.g. --set clustering.eps=0.5."),
@@ -210,7 +223,7 @@ def _default_adapt_recipe(method: str, source: str | None, target: str, *, camer
 
 
 def _run_adaptation(source, target, method, recipe, data_root, out, init, arch, clusterer, gds, gds_hard,
-                    camera_proxies, epochs, eval_on, device, seed, resume, set_options, quiet):
+                    camera_proxies, epochs, eval_on, device, precision, seed, resume, set_options, quiet):
     from .data.datasets import canonical_name
     from .distributed import distributed_session
     from .engine.loop import adapt as run_adaptation
@@ -244,7 +257,7 @@ def _run_adaptation(source, target, method, recipe, data_root, out, init, arch, 
         "gds.hard_mining": True if gds_hard else None,
         "camera_proxies.mode": camera_proxies,
         "adapt.epochs": epochs,
-        **_shared_overrides(init, arch, device, seed, eval_on),
+        **_shared_overrides(init, arch, device, precision, seed, eval_on),
     }
     config = _resolve_config(recipe, overrides, set_options)
     if source is None:
@@ -294,15 +307,17 @@ def usl(dataset, **options):
 @click.option("--recipe", default=None, help="Recipe for image size and normalisation (default: the checkpoint's own config).")
 @_data_root_option
 @_device_option
+@_precision_option
 @click.option("--rerank", is_flag=True, help="k-reciprocal re-ranking (k1=20, k2=6, lambda=0.3).")
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
 @click.option("--set", "set_options", multiple=True, metavar="KEY=VALUE", help="Override a setting of the checkpoint's config, e.g. --set data.workers=0 --set data.eval_batch_size=64.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def evaluate(dataset, weights, arch, recipe, data_root, device, rerank, as_json, set_options, quiet):
+def evaluate(dataset, weights, arch, recipe, data_root, device, precision, rerank, as_json, set_options, quiet):
     """mAP and Rank-1/5/10 of a model on a dataset's query/gallery (Market protocol)."""
     from .data.datasets import load_dataset
     from .device import resolve_device
     from .evaluation.protocol import evaluate_model
+    from .precision import resolve_precision
     from .models.factory import model_from_weights
 
     model, config = model_from_weights(weights, arch)
@@ -310,12 +325,13 @@ def evaluate(dataset, weights, arch, recipe, data_root, device, rerank, as_json,
         config = load_recipe(find_recipe(recipe), base=config)
     config = apply_overrides(config, parse_set_options(set_options), "--set")
     torch_device = resolve_device(device or "auto")
+    model.compute_dtype = resolve_precision(precision or config.precision, torch_device).dtype
     data = load_dataset(dataset, data_root)
     reranker = None
     if rerank:
-        from .evaluation.rerank import re_rank
+        from .evaluation.rerank import re_rank_chunks
 
-        reranker = re_rank
+        reranker = re_rank_chunks
     figures = evaluate_model(model.to(torch_device), data, config.data, device=torch_device, progress=not quiet, rerank=reranker)
     if as_json:
         click.echo(json.dumps({"dataset": data.name, "weights": str(weights), "rerank": rerank, **figures}))
@@ -445,7 +461,10 @@ def data_stats(dataset, data_root, options, as_json):
 class _BenchmarkGroup(click.Group):
     """``udareid bench NAME``: the scripts of ``benchmarks/``, loaded only when one is called."""
 
-    scripts = {"clustering": ("clustering_stage.py", "clustering_bench")}
+    scripts = {"clustering": ("clustering_stage.py", "clustering_bench"),
+               "throughput": ("training_throughput.py", "main"),
+               "evaluation": ("evaluation_memory.py", "main"),
+               "synthetic": ("synthetic_uda.py", "main")}
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(self.scripts)

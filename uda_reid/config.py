@@ -192,6 +192,7 @@ class RunConfig:
     eval_datasets: list[str] = field(default_factory=list)  # extra domains evaluated at the end
     seed: int = 1
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    precision: str = "fp32"  # fp32 | bf16 | fp16 | auto: the backbone's autocast dtype (uda_reid.precision)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -274,12 +275,16 @@ LIMITS: dict[str, Limit] = {
     "camera_proxies.inter_weight": NON_NEGATIVE, "camera_proxies.momentum": FRACTION,
 }
 
+#: What ``precision`` may be (resolved per device by ``uda_reid.precision``).
+PRECISIONS = ("fp32", "bf16", "fp16", "auto")
+
 #: The words a string key may be (choices kept by registries are checked by the engine, which knows them).
 CHOICES: dict[str, tuple[str, ...]] = {
     "data.normalization": tuple(NORMALIZATIONS),
     "data.interpolation": ("bicubic", "bilinear", "nearest"),
     "optim.optimizer": ("adam", "sgd"),
     "camera_proxies.mode": ("off", "cap", "pplr"),
+    "precision": PRECISIONS,
 }
 
 

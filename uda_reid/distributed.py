@@ -396,6 +396,14 @@ def _process_device(device_option: str, local_rank: int, world_size: int) -> tor
     return torch.device("cuda", local_rank)
 
 
+def _bound(device: torch.device) -> torch.device:
+    """Make ``device`` this process's current GPU, so that whatever allocates on plain ``cuda``
+    (NCCL, faiss, libraries) lands on it and not on GPU 0 of the node."""
+    if device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device)
+    return device
+
+
 def init_distributed(device_option: str = "auto") -> DistributedContext:
     """The context of this process: from torchrun's environment, or a trivial one.
 
@@ -405,16 +413,14 @@ def init_distributed(device_option: str = "auto") -> DistributedContext:
     if dist.is_available() and dist.is_initialized():
         world_size, rank = dist.get_world_size(), dist.get_rank()
         local_rank = int(os.environ.get("LOCAL_RANK", rank))
-        device = _process_device(device_option, local_rank, world_size)
+        device = _bound(_process_device(device_option, local_rank, world_size))
         return DistributedContext(rank, world_size, local_rank, device, dist.get_backend())
     world_size = _env_int("WORLD_SIZE") if "WORLD_SIZE" in os.environ else 1
     if world_size <= 1:
-        return DistributedContext(device=resolve_device(device_option))
+        return DistributedContext(device=_bound(resolve_device(device_option)))
     rank, local_rank = _env_int("RANK"), _env_int("LOCAL_RANK")
-    device = _process_device(device_option, local_rank, world_size)
+    device = _bound(_process_device(device_option, local_rank, world_size))
     backend = "nccl" if device.type == "cuda" else "gloo"
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
     dist.init_process_group(backend=backend, timeout=_timeout())
     return DistributedContext(rank, world_size, local_rank, device, backend)
 

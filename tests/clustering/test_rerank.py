@@ -6,7 +6,7 @@ import torch
 from clustering_inputs import clustered_features
 
 from uda_reid.clustering.inputs import InvalidFeaturesError, InvalidParameterError
-from uda_reid.evaluation.rerank import re_rank
+from uda_reid.evaluation.rerank import re_rank, re_rank_chunks
 
 
 @pytest.mark.parametrize("k1, k2, lambda_value, seed", [(20, 6, 0.3, 0), (10, 1, 0.0, 1), (7, 8, 1.0, 2), (5, 3, 0.5, 3)])
@@ -17,6 +17,22 @@ def test_re_rank_equals_dense_reference(reference, k1, k2, lambda_value, seed):
     expected = reference.reference_re_rank(query, gallery, k1, k2, lambda_value)
     assert ours.shape == (60, 270) and ours.dtype == np.float32
     np.testing.assert_allclose(ours, expected, atol=1e-5, rtol=0)
+
+
+def test_query_chunks_are_the_rows_of_the_whole_re_ranked_matrix(reference):
+    features, _ = clustered_features(n=330, seed=5)
+    query, gallery = features[:61], features[61:]
+    expected = reference.reference_re_rank(query, gallery, 20, 6, 0.3)
+    parts = list(re_rank_chunks(query, gallery, chunk_rows=8))
+    assert [(rows.start, rows.stop) for rows, _ in parts] == [(s, min(61, s + 8)) for s in range(0, 61, 8)]
+    assert all(part.shape == (rows.stop - rows.start, 269) for rows, part in parts)
+    np.testing.assert_allclose(np.concatenate([part for _, part in parts]), expected, atol=1e-5, rtol=0)
+
+
+def test_bad_arguments_are_refused_when_re_rank_chunks_is_called_not_when_read():
+    features, _ = clustered_features(n=60)
+    with pytest.raises(InvalidParameterError, match="k2 must be"):
+        re_rank_chunks(features[:10], features[10:], k2=50)
 
 
 def test_re_rank_improves_retrieval_of_same_identity():

@@ -8,8 +8,12 @@ Backends (``KNN_BACKENDS``, option ``--knn``):
 * ``torch`` — exact. Blocked matrix product that never holds an N×N matrix. The self-product is
   symmetric, so each block pair (I, J ≥ I) is multiplied once and updates the top-k of the rows of I
   *and* of J (half the arithmetic). On CPU the block is merged into per-row heaps by a numba kernel
-  that rejects most candidates with one comparison; on CUDA the merge uses sorts on the device.
-* ``faiss-flat`` — exact, faiss brute force (GPU index when faiss has GPUs and the input is on CUDA).
+  that rejects most candidates with one comparison; the product runs in bf16 where the CPU has bf16
+  arithmetic (about twice float32's speed), keeping a margin of extra candidates that are re-scored
+  in float32 and certified by the rounding bound, so the lists are those of float32 search
+  (:func:`_exact_knn_cpu`). On CUDA each block's candidates come from ``topk`` and the block size
+  from :func:`plan_device_block`, a function of the free memory that counts every temporary.
+* ``faiss-flat`` — exact, faiss brute force (on the process's own GPU when faiss has GPUs).
 * ``faiss-ivf`` / ``faiss-hnsw`` — approximate, for N in the millions: a faiss index proposes the
   lists, then neighbour descent (each row is offered its neighbours' neighbours and the rows that
   list it, with exact similarities) recovers what the index missed.
@@ -17,7 +21,9 @@ Backends (``KNN_BACKENDS``, option ``--knn``):
   two CPU cores) or a GPU is available, otherwise ``faiss-ivf``.
 
 Ties: the exact ``torch`` backend orders neighbours by similarity, then by smaller index, so equal
-similarities (duplicate images) give the same lists on every run, block size and device. The faiss
+similarities (duplicate images) give the same lists on every run, block size and product. On the
+CPU the similarity is ``dot_rows`` (float32, one fixed order); the CUDA path ranks by its block
+products, which may order two neighbours within ~1e-7 of each other the other way. The faiss
 backends apply the same order to the neighbours they return, but which of several tied candidates at
 rank k survives is faiss's choice.
 """
@@ -35,6 +41,7 @@ import numpy as np
 import torch
 from numba import njit, prange
 
+from ..precision import cpu_has_bf16
 from ..registry import Registry
 from .inputs import (
     FeatureArray,
@@ -60,6 +67,8 @@ class NeighborLists:
     # Smallest similarity of each row to any sample (exact ``torch`` backend with
     # ``track_farthest=True`` only): the row maximum of the squared distance used by re-ranking.
     farthest_similarity: np.ndarray | None = None
+    product: str = "float32"  # the arithmetic of the candidate search (bf16: then re-scored in float32)
+    rechecked_rows: int = 0  # bf16 search: rows whose margin was too thin, searched again in float32
 
 
 KnnBackend = Callable[..., NeighborLists]
@@ -80,20 +89,65 @@ def _available_memory_bytes() -> int:
     return 4 << 30
 
 
-def choose_block_size(num_samples: int, device: torch.device) -> int:
-    """Rows per block so that a block×block float32 product uses a small share of free memory.
+def choose_block_size(num_samples: int, device: torch.device, *, dim: int = 0, k: int = 0) -> int:
+    """Rows per block: on the CPU a block×block float32 product uses a small share of free memory;
+    on a GPU the planner :func:`plan_device_block` sizes it to half the free memory.
 
     4096 keeps the CPU product near its peak (measured: ≥ 2048 rows reach ~380 GFLOP/s here) while a
-    block costs 64 MiB; less free memory shrinks it, a GPU takes up to 16384.
+    block costs 64 MiB; less free memory shrinks it.
     """
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
-        budget, ceiling = free // 8, 16384
-    else:
-        budget, ceiling = _available_memory_bytes() // 16, 4096
-    side = int(math.sqrt(max(budget, 1) / 4))
-    side = max(256, min(ceiling, side))
-    return min(side, num_samples)
+        # The features are already on the GPU: the planner counts them, so add them back to ``free``.
+        return plan_device_block(num_samples, dim, k, free // 2 + num_samples * dim * 4)
+    side = int(math.sqrt(max(_available_memory_bytes() // 16, 1) / 4))
+    return min(max(256, min(4096, side)), num_samples)
+
+
+# Bytes per entry of a block×block product, while the device path holds it: the float32 product, a
+# float32 copy the reductions along its other dimension may make, the bool mask of the tie check,
+# and ≤ 0.5 for the re-ranked rows with a tie at rank k (chunks of block/32 rows × 15 bytes).
+DEVICE_BYTES_PER_BLOCK_ENTRY = 4 + 4 + 1 + 0.5
+# Bytes per (row, neighbour) of the candidate lists while a block is merged: the block's top-k
+# (value, index) for both halves, the concatenation with the kept lists, the sort permutations.
+DEVICE_BYTES_PER_CANDIDATE = 96
+DEVICE_BYTES_PER_ROW = 32  # the per-row reductions (minimum, tie counts) of a block
+DEVICE_MIN_BLOCK = 64
+DEVICE_MAX_BLOCK = 16384
+
+
+def device_resident_bytes(num_samples: int, dim: int, k: int) -> int:
+    """What the device path holds for the whole search: the features and the kept lists."""
+    return num_samples * dim * 4 + num_samples * k * (4 + 8) + num_samples * 4
+
+
+def device_block_bytes(rows: int, k: int) -> int:
+    """Peak bytes of one block pair of ``rows`` × ``rows`` on top of :func:`device_resident_bytes`."""
+    return math.ceil(DEVICE_BYTES_PER_BLOCK_ENTRY * rows * rows + DEVICE_BYTES_PER_CANDIDATE * rows * k
+                     + DEVICE_BYTES_PER_ROW * rows)
+
+
+def plan_device_block(num_samples: int, dim: int, k: int, budget_bytes: int) -> int:
+    """The largest block (rows) whose search fits in ``budget_bytes`` of device memory, features included.
+
+    A function of the budget alone, so the arithmetic is tested on the CPU; on a GPU the budget is
+    half its free memory (the rest: the allocator's fragmentation, the model, other processes).
+    Raises InvalidParameterError naming the need when not even a small block fits.
+    """
+    available = budget_bytes - device_resident_bytes(num_samples, dim, k)
+    a, b, c = DEVICE_BYTES_PER_BLOCK_ENTRY, DEVICE_BYTES_PER_CANDIDATE * k + DEVICE_BYTES_PER_ROW, -available
+    rows = int((-b + math.sqrt(max(b * b - 4 * a * c, 0.0))) / (2 * a)) if available > 0 else 0
+    while rows > 0 and device_block_bytes(rows, k) > available:  # the float square root may round up
+        rows -= 1
+    floor = min(DEVICE_MIN_BLOCK, num_samples)
+    if rows < floor:
+        need = device_resident_bytes(num_samples, dim, k) + device_block_bytes(floor, k)
+        raise InvalidParameterError(
+            f"exact kNN of {num_samples} × {dim} features (k={k}) needs at least {need / 2**20:.0f} MiB of device "
+            f"memory, the budget is {budget_bytes / 2**20:.0f} MiB; free the GPU, or use --knn faiss-ivf or "
+            f"--device cpu"
+        )
+    return min(rows, DEVICE_MAX_BLOCK, num_samples)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -204,25 +258,149 @@ def _sort_heaps(heap_sim, heap_idx):
             heap_idx[row, b + 1] = j
 
 
-def _exact_knn_cpu(
-    unit: torch.Tensor, k: int, block_size: int, track_farthest: bool
-) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    n = unit.shape[0]
-    heap_sim = np.full((n, k), -np.inf, dtype=np.float32)
-    heap_idx = np.full((n, k), _INDEX_SENTINEL, dtype=np.int32)
+def _blocked_heaps(product_rows: torch.Tensor, kk: int, block_size: int, track_farthest: bool):
+    """Top-``kk`` per row (heaps, unsorted) of the blocked symmetric product of ``product_rows``.
+
+    ``product_rows`` is float32, or bf16 for candidate search: the bf16 product (about twice the
+    float32 speed on CPUs with AVX-512 BF16 / AMX) is widened to float32 for the numba merge.
+    Returns (heap similarities, heap indices, per-row worst kept similarity, per-row minimum).
+    """
+    n = product_rows.shape[0]
+    heap_sim = np.full((n, kk), -np.inf, dtype=np.float32)
+    heap_idx = np.full((n, kk), _INDEX_SENTINEL, dtype=np.int32)
     threshold = np.full(n, -np.inf, dtype=np.float32)
     min_sim = np.full(n, np.inf, dtype=np.float32)
     buffer = torch.empty(block_size * block_size, dtype=torch.float32)
+    reduced = product_rows.dtype != torch.float32
+    low_buffer = torch.empty(block_size * block_size, dtype=product_rows.dtype) if reduced else None
     starts = list(range(0, n, block_size))
     for bi, i0 in enumerate(starts):
-        rows = unit[i0 : i0 + block_size]
+        rows = product_rows[i0 : i0 + block_size]
         for j0 in starts[bi:]:
-            cols = unit[j0 : j0 + block_size]
-            block = buffer[: rows.shape[0] * cols.shape[0]].view(rows.shape[0], cols.shape[0])
-            torch.mm(rows, cols.T, out=block)
+            cols = product_rows[j0 : j0 + block_size]
+            shape = (rows.shape[0], cols.shape[0])
+            block = buffer[: shape[0] * shape[1]].view(shape)
+            if reduced:
+                low = low_buffer[: shape[0] * shape[1]].view(shape)
+                torch.mm(rows, cols.T, out=low)
+                block.copy_(low)
+            else:
+                torch.mm(rows, cols.T, out=block)
             _merge_block(block.numpy(), i0, j0, i0 == j0, heap_sim, heap_idx, threshold, min_sim, track_farthest)
-    _sort_heaps(heap_sim, heap_idx)
-    return heap_idx.astype(np.int64), heap_sim, (min_sim if track_farthest else None)
+    return heap_sim, heap_idx, threshold, min_sim
+
+
+# Rounding bounds of the candidate products (unit vectors, float32 accumulation over D terms).
+_BF16_HALF_ULP_BELOW_ONE = 2.0**-9  # bf16 output rounding of a value in [0.5, 1); 2^-8 in [1, 2)
+_FLOAT32_UNIT_ROUNDOFF = 2.0**-24
+
+
+def _accumulation_bound(dim: int) -> float:
+    """γ_D: |float32 sum of D products − exact| ≤ γ_D · Σ|x_d y_d| ≤ γ_D for unit vectors, any order."""
+    nu = dim * _FLOAT32_UNIT_ROUNDOFF
+    return nu / (1 - nu)
+
+
+@njit(cache=True, parallel=True)
+def _rescore(unit, candidates, sims):
+    """``sims[i, a] = dot_rows(unit, i, candidates[i, a])``: the exact float32 similarity of every candidate."""
+    n, m = candidates.shape
+    for i in prange(n):
+        for a in range(m):
+            sims[i, a] = dot_rows(unit, i, candidates[i, a])
+
+
+@njit(cache=True, parallel=True)
+def _rescore_rows(unit, rows, candidates, sims):
+    for t in prange(rows.shape[0]):
+        for a in range(candidates.shape[1]):
+            sims[t, a] = dot_rows(unit, rows[t], candidates[t, a])
+
+
+@njit(cache=True, parallel=True)
+def _scan_rows(unit, rows, k, out_idx, out_sim):
+    """Exact top-k of ``rows`` against every sample by ``dot_rows``, ties by smaller index (last resort)."""
+    n = unit.shape[0]
+    for t in prange(rows.shape[0]):
+        sims = np.empty(n, dtype=np.float32)
+        for j in range(n):
+            sims[j] = dot_rows(unit, rows[t], j)
+        order = np.argsort(-sims, kind="mergesort")[:k]  # stable: equal similarities keep index order
+        for a in range(k):
+            out_idx[t, a] = order[a]
+            out_sim[t, a] = sims[order[a]]
+
+
+def _recheck_rows(unit: torch.Tensor, rows: np.ndarray, k: int, kk: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact lists of ``rows`` whose candidate margin was too thin: float32 candidates of the full row,
+    re-scored by ``dot_rows``; rows still undecided (ties within the float32 rounding) scan every sample."""
+    unit_np = unit.numpy()
+    slack = 2 * _accumulation_bound(unit.shape[1])  # matmul and dot_rows each within γ_D of the exact value
+    out_idx = np.empty((len(rows), k), dtype=np.int64)
+    out_sim = np.empty((len(rows), k), dtype=np.float32)
+    for start in range(0, len(rows), 256):
+        chunk = rows[start : start + 256]
+        values, columns = _block_candidates(unit[torch.from_numpy(chunk)] @ unit.T, 0, kk)
+        candidates = columns.numpy().astype(np.int32)
+        sims = np.empty(candidates.shape, dtype=np.float32)
+        _rescore_rows(unit_np, chunk, candidates, sims)
+        _sort_heaps(sims, candidates)
+        floor = values[:, -1].double().numpy()
+        undecided = np.nonzero(~(floor + slack < sims[:, k - 1]))[0] if kk < unit.shape[0] else np.empty(0, np.int64)
+        if len(undecided):
+            scan_idx = np.empty((len(undecided), k), dtype=np.int64)
+            scan_sim = np.empty((len(undecided), k), dtype=np.float32)
+            _scan_rows(unit_np, chunk[undecided], k, scan_idx, scan_sim)
+            candidates[undecided, :k], sims[undecided, :k] = scan_idx, scan_sim
+        out_idx[start : start + len(chunk)] = candidates[:, :k]
+        out_sim[start : start + len(chunk)] = sims[:, :k]
+    return out_idx, out_sim
+
+
+def _exact_knn_cpu(
+    unit: torch.Tensor, k: int, block_size: int, *, product: str = "float32", margin: int | None = None,
+    track_farthest: bool = False,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, int]:
+    """Exact self-kNN on the CPU: candidates from a blocked product, exact lists from ``dot_rows``.
+
+    1. The blocked symmetric product (float32, or bf16: about twice as fast on CPUs with AVX-512
+       BF16 / AMX) keeps the best ``k + margin`` candidates of every row.
+    2. Each candidate is re-scored by ``dot_rows`` (float32, one fixed order) and the rows sorted
+       (similarity descending, then index): so both products give the very same lists.
+    3. A row is certain when no sample left out can beat its k-th neighbour: a left-out sample's
+       product is at most the row's worst kept one, and differs from ``dot_rows`` by at most the
+       rounding bound: γ_D for each float32 accumulation; with bf16 also the inputs' rounding
+       (‖r_i‖ + ‖r_j‖ + ‖r_i‖‖r_j‖ by Cauchy-Schwarz, r = x − bf16(x)) and half an ulp of the output.
+    4. Uncertain rows are searched again in float32 (:func:`_recheck_rows`).
+
+    Returns (indices, similarities, smallest similarity per row or None, rows re-searched).
+    """
+    n, dim = unit.shape
+    margin = (k if product == "bf16" else 8) if margin is None else margin
+    kk = min(n, k + margin)
+    low = unit.to(torch.bfloat16) if product == "bf16" else unit
+    _, heap_idx, floor, min_sim = _blocked_heaps(low, kk, block_size, track_farthest)
+    unit_np = np.ascontiguousarray(unit.numpy())
+    sims = np.empty(heap_idx.shape, dtype=np.float32)
+    _rescore(unit_np, heap_idx, sims)
+    _sort_heaps(sims, heap_idx)
+    farthest = min_sim if track_farthest else None
+    if kk == n:  # every sample is a candidate: nothing was left out
+        return heap_idx[:, :k].astype(np.int64), np.ascontiguousarray(sims[:, :k]), farthest, 0
+    gamma = _accumulation_bound(dim)
+    if product == "bf16":
+        residual = np.concatenate([(unit[s : s + 8192] - low[s : s + 8192].float()).double().norm(dim=1).numpy()
+                                   for s in range(0, n, 8192)]) * (1 + 1e-6)  # in chunks: no N×D temporaries
+        largest = residual.max()
+        output_rounding = np.where(floor < 0.99, _BF16_HALF_ULP_BELOW_ONE, 2 * _BF16_HALF_ULP_BELOW_ONE)
+        bound = residual + largest + residual * largest + gamma * (1 + residual) * (1 + largest) + output_rounding + gamma
+    else:
+        bound = 2 * gamma * (1 + 1e-6)
+    uncertain = np.nonzero(~(floor.astype(np.float64) + bound < sims[:, k - 1]))[0]
+    indices, similarities = heap_idx[:, :k].astype(np.int64), np.ascontiguousarray(sims[:, :k])
+    if len(uncertain):
+        indices[uncertain], similarities[uncertain] = _recheck_rows(unit, uncertain, k, kk)
+    return indices, similarities, farthest, len(uncertain)
 
 
 def _merge_candidates_torch(best_sim, best_idx, new_sim, new_idx, k):
@@ -235,16 +413,39 @@ def _merge_candidates_torch(best_sim, best_idx, new_sim, new_idx, k):
     return sims.gather(1, by_sim), idxs.gather(1, by_sim)
 
 
-def _block_candidates(block: torch.Tensor, offset: int, k: int):
-    """Best k per row of a block, ties by smaller column (stable sort keeps column order)."""
-    order = torch.argsort(block, dim=1, descending=True, stable=True)[:, :k]
-    return block.gather(1, order), order + offset
+def _block_candidates(block: torch.Tensor, offset: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k best entries of each row of ``block`` (may be a transposed view), ties by smaller column.
+
+    ``topk`` picks among equal values arbitrarily, so rows where a value tied with the k-th one was
+    left out (duplicate images) take their tied entries in column order instead, in chunks of
+    rows/32 (the memory the planner counts).
+    """
+    values, columns = block.topk(k, dim=1)
+    boundary = values[:, -1:]
+    ambiguous = ((block == boundary).sum(dim=1) > (values == boundary).sum(dim=1)).nonzero().flatten()
+    chunk = max(1, block.shape[0] // 32)
+    for start in range(0, ambiguous.numel(), chunk):
+        rows = ambiguous[start : start + chunk]
+        sub, limit = block[rows], boundary[rows]
+        above, tied = sub > limit, sub == limit
+        wanted = k - above.sum(dim=1, keepdim=True)
+        taken = above | (tied & (tied.cumsum(dim=1) <= wanted))  # exactly k per row, in column order
+        picked = taken.nonzero()[:, 1].view(len(rows), k)
+        chosen = sub.gather(1, picked)
+        order = torch.argsort(chosen, dim=1, descending=True, stable=True)  # ties keep column order
+        values[rows], columns[rows] = chosen.gather(1, order), picked.gather(1, order)
+    return values, columns + offset
 
 
 def _exact_knn_device(
     unit: torch.Tensor, k: int, block_size: int, track_farthest: bool
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """Symmetric blocked search with the merge done by torch ops on ``unit``'s device (CUDA path)."""
+    """Symmetric blocked search with ``topk`` and the merge done by torch ops on ``unit``'s device.
+
+    The CUDA path, also runnable on CPU tensors (tests). Each block pair (I, J ≥ I) is multiplied
+    once; the rows of I take their candidates along its rows, those of J along its columns (a view:
+    no transposed copy). Memory: :func:`device_resident_bytes` + :func:`device_block_bytes`.
+    """
     n, device = unit.shape[0], unit.device
     best_sim = torch.full((n, k), -math.inf, device=device)
     best_idx = torch.full((n, k), _INDEX_SENTINEL, dtype=torch.int64, device=device)
@@ -257,18 +458,14 @@ def _exact_knn_device(
             cols = unit[j0 : j0 + block_size]
             j1 = j0 + cols.shape[0]
             block = rows @ cols.T
-            kk = min(k, block.shape[1])
-            sims, idxs = _block_candidates(block, j0, kk)
-            best_sim[i0:i1], best_idx[i0:i1] = _merge_candidates_torch(best_sim[i0:i1], best_idx[i0:i1], sims, idxs, k)
-            if track_farthest:
-                min_sim[i0:i1] = torch.minimum(min_sim[i0:i1], block.min(dim=1).values)
-            if j0 != i0:  # the transposed block updates the rows of J (the symmetric half)
-                block_t = block.T.contiguous()
-                kk = min(k, block_t.shape[1])
-                sims, idxs = _block_candidates(block_t, i0, kk)
-                best_sim[j0:j1], best_idx[j0:j1] = _merge_candidates_torch(best_sim[j0:j1], best_idx[j0:j1], sims, idxs, k)
+            halves = [(block, i0, i1, j0)] + ([(block.T, j0, j1, i0)] if j0 != i0 else [])
+            for half, r0, r1, offset in halves:
+                sims, idxs = _block_candidates(half, offset, min(k, half.shape[1]))
+                best_sim[r0:r1], best_idx[r0:r1] = _merge_candidates_torch(best_sim[r0:r1], best_idx[r0:r1], sims, idxs, k)
+                del sims, idxs
                 if track_farthest:
-                    min_sim[j0:j1] = torch.minimum(min_sim[j0:j1], block_t.min(dim=1).values)
+                    min_sim[r0:r1] = torch.minimum(min_sim[r0:r1], half.min(dim=1).values)
+            del block, halves
     farthest = min_sim.cpu().numpy() if track_farthest else None
     return best_idx.cpu().numpy(), best_sim.cpu().numpy(), farthest
 
@@ -357,22 +554,34 @@ def exact_knn(
     device: torch.device | str | None = None,
     block_size: int | None = None,
     track_farthest: bool = False,
+    product: str = "auto",
+    margin: int | None = None,
 ) -> NeighborLists:
     """Exact self-kNN by a blocked, symmetric matrix product (O(N·k + block²) memory).
 
     ``device``: where the product runs; default = the input's CUDA device, else ``cuda`` when
     available, else CPU. ``track_farthest`` also returns each row's smallest similarity.
+    ``product`` (CPU): the arithmetic of the candidate search, ``float32`` or ``bf16``, with ``margin``
+    extra candidates (default 8, resp. k); the lists are exact either way (:func:`_exact_knn_cpu`).
+    ``auto`` = bf16 on CPUs with bf16 arithmetic, float32 otherwise and with ``track_farthest``.
     """
     unit = l2_normalised(features)
     check_neighbor_count(unit.shape[0], k, option="k")
+    if product not in ("auto", "float32", "bf16"):
+        raise InvalidParameterError(f"product must be auto, float32 or bf16; received {product!r}")
     device = _resolve_device(features, device)
     unit = unit.to(device)
-    block = block_size or choose_block_size(unit.shape[0], device)
-    if device.type == "cpu":
-        indices, sims, farthest = _exact_knn_cpu(unit, k, block, track_farthest)
-    else:
+    block = block_size or choose_block_size(unit.shape[0], device, dim=unit.shape[1], k=k)
+    if device.type != "cpu":
         indices, sims, farthest = _exact_knn_device(unit, k, block, track_farthest)
-    return NeighborLists(indices, sims, "torch", farthest)
+        return NeighborLists(indices, sims, "torch", farthest)
+    if product == "auto":
+        product = "bf16" if cpu_has_bf16() and not track_farthest else "float32"
+    if product == "bf16" and track_farthest:
+        raise InvalidParameterError("track_farthest needs product='float32' (the bf16 product's minimum is approximate)")
+    indices, sims, farthest, rechecked = _exact_knn_cpu(unit, k, block, product=product, margin=margin,
+                                                        track_farthest=track_farthest)
+    return NeighborLists(indices, sims, "torch", farthest, product, rechecked)
 
 
 def _sort_rows(indices: np.ndarray, sims: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -394,13 +603,25 @@ def _faiss_gpu_wanted(faiss_module, features: FeatureArray) -> bool:
     return num_gpus > 0 and (on_cuda or torch.cuda.is_available())
 
 
+def _own_gpu(features: FeatureArray) -> int:
+    """The GPU of this process: the input's, else torch's current device (``set_device`` per rank)."""
+    if isinstance(features, torch.Tensor) and features.device.type == "cuda":
+        return features.device.index if features.device.index is not None else torch.cuda.current_device()
+    return torch.cuda.current_device()
+
+
 @KNN_BACKENDS.register("faiss-flat")
 def faiss_flat_knn(features: FeatureArray, k: int) -> NeighborLists:
-    """Exact self-kNN with a faiss flat inner-product index (GPU index when faiss has GPUs)."""
+    """Exact self-kNN with a faiss flat inner-product index (on this process's GPU when faiss has GPUs).
+
+    Only the process's own GPU: under torchrun every rank has one, and faiss's "all GPUs" would
+    allocate on the others' too.
+    """
     faiss, unit = _faiss_inputs(features, k)
     index = faiss.IndexFlatIP(unit.shape[1])
     if _faiss_gpu_wanted(faiss, features):
-        index = faiss.index_cpu_to_all_gpus(index)
+        resources = faiss.StandardGpuResources()  # noqa: F841 - must outlive the index's searches
+        index = faiss.index_cpu_to_gpu(resources, _own_gpu(features), index)
     index.add(unit)
     sims, indices = index.search(unit, k)
     indices, sims = _sort_rows(indices, sims)

@@ -45,13 +45,14 @@ from ..data.transforms import build_train_transform
 from ..errors import ConfigError, TrainingDivergedError
 from ..evaluation.protocol import evaluate_model
 from ..fileio import atomic_write_text, remove_stale_temporaries
-from ..methods import AdaptContext, EpochLabels, Method, build_method
+from ..methods import AdaptContext, EpochLabels, Method, StepOutput, build_method
 from ..models.batchnorm import convert_to_grouped_bn
 from ..models.backbones import BACKBONES
 from ..models.factory import build_model
 from ..models.necks import POOLINGS
 from ..models.checkpoints import load_checkpoint, save_checkpoint
 from ..device import loader_workers
+from ..precision import resolve_precision
 from ..distributed import DistributedContext, bn_groups_per_process, init_distributed, unwrap_model
 from .epoch_records import plot_score_distributions, save_epoch_record
 from ..models.features import extract_features
@@ -115,6 +116,7 @@ class TrainingLoop:
         self.dist = dist if dist is not None else init_distributed(config.device)
         self.progress = progress and self.dist.is_main
         self.device = self.dist.device
+        self.precision = resolve_precision(config.precision, self.device)  # what the device cannot do is named now
         check_registered_choices(config)
         self.method: Method = build_method(config)  # checks method and options before any work
         self.stage = getattr(config, self.method.settings_section)  # epochs, iterations, evaluation, BN
@@ -218,10 +220,12 @@ class TrainingLoop:
                   + "".join(f" + {add_on.section}" for add_on in self.add_ons)
                   + (f", {config.source} -> {target.name}" if config.source and self.method.clusters else f" on {target.name}")
                   + f", {self.stage.epochs} epochs, {self.sampler_rule} batches of {config.data.batch_size} images "
-                  f"(K = {config.data.num_instances})")
+                  f"(K = {config.data.num_instances})"
+                  + ("" if self.precision.dtype is None else f", backbone in {self.precision.name}"))
         for message in self.method.ignored_settings():
             self._say(f"note: {message}")
         model = self.method.prepare_model(model)
+        model.compute_dtype = self.precision.dtype  # the backbone's autocast; the rest stays float32
         # bn_groups counts groups of the global batch: each process computes its share of them.
         section = self.method.settings_section
         local_groups = bn_groups_per_process(self.stage.bn_groups, dist.world_size, sync_bn=self.stage.sync_bn,
@@ -242,6 +246,7 @@ class TrainingLoop:
         # Group 1 holds the method's per-epoch heads (classifiers from centroids), empty between epochs.
         optimizer.add_param_group({"params": [], "name": "heads"})
         scheduler = build_scheduler(optimizer, config.optim)
+        self.grad_scaler = self.precision.grad_scaler()  # fp16 only; a no-op otherwise
         ctx = AdaptContext(
             config=config,
             model=model,
@@ -261,6 +266,8 @@ class TrainingLoop:
             network.load_state_dict(state["model"] if trained is None else trained)
             optimizer.load_state_dict(state["train_state"]["optimizer"])
             scheduler.load_state_dict(state["train_state"]["scheduler"])
+            if state["train_state"].get("grad_scaler"):  # absent: written without fp16
+                self.grad_scaler.load_state_dict(state["train_state"]["grad_scaler"])
             start_epoch, best_map = state["epoch"] + 1, state["best_mAP"]
             self.log.truncate_after(state["epoch"] + 1)  # rows count epochs from 1
             self.log.info(f"resumed from {self.run_dir / 'last.pt'}: continuing at epoch {start_epoch + 1}")
@@ -270,7 +277,7 @@ class TrainingLoop:
             for add_on in self.add_ons:
                 add_on.load_state_dict(saved.get(add_on.section, {}))
             if rng_states is not None:
-                _set_rng_state(rng_states[dist.rank])
+                _set_rng_state(rng_states[dist.rank], self.device)
             else:
                 dist.seed_rank_streams(config.seed + start_epoch)
                 self.log.info(f"{self.run_dir / 'last.pt'} was written by {len(state['train_state']['rng'])} process(es), "
@@ -425,10 +432,7 @@ class TrainingLoop:
             batch = {"target": {**target_batch, "label": target_batch["pid"]}}
             if source_loader is not None:
                 batch["source"] = next(source_loader)
-            step = self.method.training_step(ctx, batch)
-            losses = dict(step.losses)
-            for add_on in self.add_ons:
-                losses.update(add_on.loss(step, batch, ctx))
+            step, losses = step_losses(self.method, self.add_ons, ctx, batch)
             loss = sum(losses.values())
             # The global batch's figures: the mean over ranks of their slices' (equal-size) values.
             names = ["loss", *losses, *step.figures]
@@ -440,13 +444,7 @@ class TrainingLoop:
                     f"loss became {values['loss']} at epoch {epoch + 1}, iteration {iteration + 1} ({named}); stopped. "
                     f"The last good checkpoint {self.run_dir / 'last.pt'} is kept; try a lower optim.lr"
                 )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.dist.average_gradients(self.method.head_parameters())  # heads live outside DDP
-            optimizer.step()
-            self.method.after_step(ctx)
-            for add_on in self.add_ons:
-                add_on.after_step(ctx)
+            apply_step(self.method, self.add_ons, ctx, loss, optimizer, self.grad_scaler)
             for key, value in values.items():
                 totals[key] = totals.get(key, 0.0) + value
             bar.set_postfix(loss=f"{values['loss']:.3f}")
@@ -472,7 +470,7 @@ class TrainingLoop:
     def _save_last(self, network, optimizer, scheduler, epoch: int, best_map: float) -> None:
         """``last.pt``: the exported model and everything a resumed run needs to continue exactly.
         Rank 0 writes (every rank calls: the random states of all ranks are gathered)."""
-        rng_states = self.dist.all_gather_object(_rng_state())
+        rng_states = self.dist.all_gather_object(_rng_state(self.device))
         if self.dist.is_main:
             model = self._exported(network)
             trained = network.state_dict()
@@ -491,6 +489,7 @@ class TrainingLoop:
                     "method": self.method.state_dict(),
                     "add_ons": {add_on.section: add_on.state_dict() for add_on in self.add_ons},
                     "rng": rng_states,  # one per rank, in rank order
+                    "grad_scaler": self.grad_scaler.state_dict(),  # empty unless fp16
                 },
             )
         self.dist.barrier()
@@ -521,6 +520,27 @@ class TrainingLoop:
             atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
         self.dist.barrier()
         return summary
+
+
+def step_losses(method: Method, add_ons: list, ctx: AdaptContext, batch: dict) -> tuple[StepOutput, dict[str, torch.Tensor]]:
+    """One training step's forward: the method's losses, then each add-on's on the same features."""
+    step = method.training_step(ctx, batch)
+    losses = dict(step.losses)
+    for add_on in add_ons:
+        losses.update(add_on.loss(step, batch, ctx))
+    return step, losses
+
+
+def apply_step(method: Method, add_ons: list, ctx: AdaptContext, loss: torch.Tensor, optimizer, grad_scaler) -> None:
+    """Backward, gradient exchange of the heads DDP does not own, optimiser step, memory updates."""
+    optimizer.zero_grad(set_to_none=True)
+    grad_scaler.scale(loss).backward()
+    ctx.dist.average_gradients(method.head_parameters())  # heads live outside DDP
+    grad_scaler.step(optimizer)  # skipped (fp16) when a gradient overflowed
+    grad_scaler.update()
+    method.after_step(ctx)
+    for add_on in add_ons:
+        add_on.after_step(ctx)
 
 
 def ground_truth_clusters(samples: list[Sample]) -> ClusterResult:
@@ -605,26 +625,31 @@ def _set_head_parameters(optimizer: torch.optim.Optimizer, parameters: list[torc
     group["params"] = list(parameters)
 
 
-def _rng_state() -> dict[str, Any]:
-    """Python, NumPy and torch generator states as tensors and plain containers (weights_only-safe)."""
+def _rng_state(device: torch.device) -> dict[str, Any]:
+    """Python, NumPy and torch generator states as tensors and plain containers (weights_only-safe).
+
+    Of the GPUs only the process's own ``device``: reading another's state would create a context
+    (and allocate memory) on a GPU that belongs to another process."""
     version, words, gauss = random.getstate()
     name, keys, pos, has_gauss, cached = np.random.get_state()
     return {
         "python": [version, torch.tensor(words, dtype=torch.int64), gauss],
         "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
         "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "cuda": [torch.cuda.get_rng_state(device)] if device.type == "cuda" else [],
     }
 
 
-def _set_rng_state(state: dict[str, Any]) -> None:
+def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
     version, words, gauss = state["python"]
     random.setstate((version, tuple(words.tolist()), gauss))
     name, keys, pos, has_gauss, cached = state["numpy"]
     np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if state["cuda"] and device.type == "cuda":
+        # One state (this process's GPU); checkpoints of older versions held one per visible GPU.
+        own = state["cuda"][0] if len(state["cuda"]) == 1 else state["cuda"][device.index or 0]
+        torch.cuda.set_rng_state(own, device)
 
 
 def adapt(config: RunConfig, run_dir: str | Path, **kwargs: Any) -> dict[str, Any]:

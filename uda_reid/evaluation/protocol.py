@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Callable
 
 import numpy as np
@@ -13,7 +14,10 @@ from ..config import DataConfig
 from ..data.datasets import ReidDataset
 from ..models.features import extract_features
 from ..errors import DatasetLayoutError
-from .ranking import evaluate_ranking, evaluate_ranking_chunked
+from .ranking import evaluate_ranking_chunked
+
+#: ``rerank(query, gallery, chunk_rows=R)`` -> (query slice, R×G distances) pairs in query order.
+Reranker = Callable[..., Iterator[tuple[slice, np.ndarray]]]
 
 #: Distances ranked at a time by evaluation (queries × gallery entries): 32 M floats = 128 MB plus
 #: the sort's int64 indices, whatever the size of the query set.
@@ -46,12 +50,13 @@ def evaluate_model(
     *,
     device: torch.device | None = None,
     progress: bool = True,
-    rerank: Callable[[torch.Tensor, torch.Tensor], np.ndarray] | None = None,
+    rerank: Reranker | None = None,
     dist: DistributedContext | None = None,
 ) -> dict[str, float]:
     """mAP and Rank-1/5/10 (percent) of ``model`` on ``dataset``'s query/gallery.
 
-    ``rerank(query_feats, gallery_feats) -> Q×G distance`` replaces the plain distance when given.
+    ``rerank(query_feats, gallery_feats, chunk_rows=R)`` (e.g. :func:`~.rerank.re_rank_chunks`)
+    replaces the plain distance when given: it yields (query slice, rows × G distance) pairs.
     With ``dist`` of several processes (call it on every one), the features are extracted in
     shares, the Q×G ranking runs on rank 0 only and every process returns rank 0's figures.
     """
@@ -69,7 +74,7 @@ def evaluate_model(
 
 
 def _ranking_figures(
-    dataset: ReidDataset, features: torch.Tensor, rerank: Callable[[torch.Tensor, torch.Tensor], np.ndarray] | None
+    dataset: ReidDataset, features: torch.Tensor, rerank: Reranker | None
 ) -> dict[str, float]:
     """Figures of the query rows (first) against the gallery rows of ``features``."""
     query, gallery = features[: len(dataset.query)], features[len(dataset.query) :]
@@ -79,10 +84,10 @@ def _ranking_figures(
         np.array([s.camid for s in dataset.query]),
         np.array([s.camid for s in dataset.gallery]),
     )
-    if rerank is not None:  # re-ranking needs every query against every gallery image at once
-        return summarize(evaluate_ranking(rerank(query, gallery), *ids))
     # Distances of a chunk of queries at a time: memory follows the chunk, not Q×G.
     rows = max(1, QUERY_CHUNK_ENTRIES // max(1, len(dataset.gallery)))
+    if rerank is not None:
+        return summarize(evaluate_ranking_chunked(rerank(query, gallery, chunk_rows=rows), *ids))
     chunks = ((slice(start, start + len(block)), squared_euclidean(block, gallery))
               for start, block in ((start, query[start : start + rows]) for start in range(0, len(query), rows)))
     return summarize(evaluate_ranking_chunked(chunks, *ids))

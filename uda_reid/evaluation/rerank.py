@@ -4,10 +4,13 @@ The same machinery as the clustering Jaccard distance (:mod:`uda_reid.clustering
 original re-ranking's conventions (METHODS.md §1, last paragraph): forward lists of k1+1 entries,
 weights from the squared distance divided by its row maximum over query+gallery, and the final
 distance (1−λ)·Jaccard + λ·normalised squared distance. No (Q+G)² matrix is built, so MSMT17-size
-galleries fit; the output itself is the dense Q×G matrix the ranking code consumes.
+galleries fit; :func:`re_rank_chunks` hands the dense result to the ranking a chunk of queries at a
+time, so evaluation with re-ranking at MSMT17 size never holds Q×G either.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -28,17 +31,22 @@ from ..clustering.jaccard import (
 from ..clustering.knn import exact_knn
 
 
-def re_rank(
+def re_rank_chunks(
     query_feats: FeatureArray,
     gallery_feats: FeatureArray,
     k1: int = 20,
     k2: int = 6,
     lambda_value: float = 0.3,
-) -> np.ndarray:
-    """Re-ranked Q×G float32 distance between ``query_feats`` (Q×D) and ``gallery_feats`` (G×D).
+    *,
+    chunk_rows: int | None = None,
+) -> Iterator[tuple[slice, np.ndarray]]:
+    """The re-ranked distance of ``query_feats`` (Q×D) to ``gallery_feats`` (G×D), ``chunk_rows``
+    queries at a time: ``(query slice, rows × G float32)`` pairs, for :func:`evaluate_ranking_chunked`.
 
-    Features are L2-normalised inside; squared distance = 2 − 2·cosine similarity. Neighbours are
-    exact (blocked product), ties by smaller index, queries and gallery ranked together.
+    The neighbour lists, encodings and the query rows of the Jaccard distance are sparse (a few
+    thousand entries per row); only one chunk of the dense result exists at a time, so memory is
+    O((Q+G)·k1·k2 + chunk_rows·G) instead of (Q+G)² (the original) or Q×G. Arguments are checked
+    and the sparse part computed when this is called, before the first chunk is asked for.
     """
     query = l2_normalised(query_feats, name="query_feats")
     gallery = l2_normalised(gallery_feats, name="gallery_feats")
@@ -53,6 +61,7 @@ def re_rank(
     if isinstance(lambda_value, bool) or not isinstance(lambda_value, (int, float)) or not 0.0 <= lambda_value <= 1.0:
         raise InvalidParameterError(f"lambda_value must be in [0, 1]; received {lambda_value!r}")
     num_query = query.shape[0]
+    chunk_rows = max(1, chunk_rows or num_query)
     everything = torch.cat([query.cpu(), gallery.cpu()])
     check_neighbor_count(everything.shape[0], k1 + 1, option="k1+1 (query + gallery samples)")
     lists = exact_knn(everything, k1 + 1, device="cpu", track_farthest=True)
@@ -61,12 +70,35 @@ def re_rank(
     unit = np.ascontiguousarray(everything.numpy())
     encoding = k_reciprocal_encoding(unit, lists.indices, forward_width=k1 + 1, half=half_width(k1), distance_scale=scale)
     expanded = query_expansion(encoding, lists.indices, k2)
-    del encoding
-    jaccard = jaccard_rows(expanded, np.arange(num_query), clip_negative=False, zero_diagonal=False)
-    jaccard = jaccard[:, num_query:].tocoo()
-    squared = 2.0 - 2.0 * (everything[:num_query] @ everything[num_query:].T)
-    final = squared.numpy()  # Q×G float32, updated in place (no float64 Q×G temporary)
-    final *= (lambda_value * scale[:num_query, None]).astype(np.float32)
-    final += np.float32(1.0 - lambda_value)  # absent Jaccard entries are 1.0
-    final[jaccard.row, jaccard.col] -= ((1.0 - lambda_value) * (1.0 - jaccard.data.astype(np.float64))).astype(np.float32)
-    return final
+    del encoding, lists
+    jaccard = jaccard_rows(expanded, np.arange(num_query), clip_negative=False, zero_diagonal=False)[:, num_query:].tocsr()
+    del expanded
+    query_part, gallery_part = everything[:num_query], everything[num_query:]
+
+    def chunks() -> Iterator[tuple[slice, np.ndarray]]:
+        for start in range(0, num_query, chunk_rows):
+            rows = slice(start, min(num_query, start + chunk_rows))
+            final = (2.0 - 2.0 * (query_part[rows] @ gallery_part.T)).numpy()  # rows×G float32, updated in place
+            final *= (lambda_value * scale[rows, None]).astype(np.float32)
+            final += np.float32(1.0 - lambda_value)  # absent Jaccard entries are 1.0
+            part = jaccard[rows].tocoo()
+            final[part.row, part.col] -= ((1.0 - lambda_value) * (1.0 - part.data.astype(np.float64))).astype(np.float32)
+            yield rows, final
+
+    return chunks()
+
+
+def re_rank(
+    query_feats: FeatureArray,
+    gallery_feats: FeatureArray,
+    k1: int = 20,
+    k2: int = 6,
+    lambda_value: float = 0.3,
+) -> np.ndarray:
+    """Re-ranked Q×G float32 distance between ``query_feats`` (Q×D) and ``gallery_feats`` (G×D), whole.
+
+    Features are L2-normalised inside; squared distance = 2 − 2·cosine similarity. Neighbours are
+    exact (blocked product), ties by smaller index, queries and gallery ranked together. For large
+    query sets rank :func:`re_rank_chunks` instead.
+    """
+    return np.concatenate([part for _, part in re_rank_chunks(query_feats, gallery_feats, k1, k2, lambda_value)])

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
+from ..precision import autocast
 from .backbones import build_backbone
 from .necks import BNNeck, build_pooling
 
@@ -44,6 +45,10 @@ class ReidModel(nn.Module):
 
     In train mode ``forward`` returns :class:`ReidOutput`; in eval mode it returns the L2-normalised
     neck features ``N×D`` used for retrieval and clustering.
+
+    ``compute_dtype`` (bf16 / fp16, None = float32; set from the run's ``precision``) is the dtype the
+    backbone runs in under autocast; its map is returned as float32, so everything after it, and
+    every output, is float32. It is not part of the state dict.
     """
 
     def __init__(
@@ -76,6 +81,7 @@ class ReidModel(nn.Module):
         self.neck: BNNeck | None = BNNeck(self._feature_dim) if neck else None
         self.classifier: nn.Linear | None = None
         self.reset_classifier(num_classes)
+        self.compute_dtype: torch.dtype | None = None
 
     @property
     def feature_dim(self) -> int:
@@ -117,8 +123,10 @@ class ReidModel(nn.Module):
         self.classifier = classifier
 
     def feature_map(self, images: torch.Tensor) -> torch.Tensor:
-        """``N×3×H×W`` -> backbone map ``N×C×h×w`` (after the extra BN when present): PPLR's part input."""
-        feature_map = self.backbone(images)
+        """``N×3×H×W`` -> float32 backbone map ``N×C×h×w`` (after the extra BN when present): PPLR's part input."""
+        with autocast(images.device.type, self.compute_dtype):
+            feature_map = self.backbone(images)
+        feature_map = feature_map.float()
         if self.extra_bn is not None:
             feature_map = self.extra_bn(feature_map)
         return feature_map
