@@ -95,6 +95,32 @@ def _precision_option(f):
     )(f)
 
 
+def _dataset_option(f):
+    return click.option(
+        "--dataset-option", "dataset_options", multiple=True, metavar="[NAME.]KEY=VALUE",
+        help="A dataset's own option, saved in the run's config (so --resume and evaluate find the same data): "
+             "camera_regex=REGEX or none (folder), variant=detected (cuhk03). Without NAME. it is the target's "
+             "(train / evaluate: the --dataset's).",
+    )(f)
+
+
+def _with_dataset_options(config: RunConfig, default_spec: str, pairs: tuple[str, ...], specs: list[str]) -> RunConfig:
+    """``config`` with ``--dataset-option`` pairs merged into ``dataset_options``, each checked against
+    the dataset it names (before any work, so a typo costs nothing)."""
+    import dataclasses
+
+    from .data.datasets import canonical_name, checked_options, split_spec
+
+    merged = {name: dict(values) for name, values in config.dataset_options.items()}
+    for key, value in parse_set_options(pairs, "--dataset-option").items():
+        prefix, _, option = key.rpartition(".")
+        name = split_spec(canonical_name(prefix))[0] if prefix else split_spec(default_spec)[0]
+        merged.setdefault(name, {})[option] = value
+    for spec in specs:  # every dataset the run reads, with the options it will get
+        checked_options(spec, merged.get(split_spec(spec)[0], {}))
+    return dataclasses.replace(config, dataset_options=merged)
+
+
 def _resolve_config(recipe: str, overrides: dict[str, Any], set_options: tuple[str, ...]) -> RunConfig:
     """Recipe file, then the explicit flags, then ``--set key=value`` pairs."""
     config = load_recipe(find_recipe(recipe))
@@ -140,14 +166,16 @@ def _prepare_run_dir(out: Path, resume: bool) -> None:
 @click.option("--eval-on", "eval_on", multiple=True, help="Also evaluate the final model on this dataset (repeatable).")
 @_device_option
 @_precision_option
+@_dataset_option
 @click.option("--seed", type=click.IntRange(min=0), default=None, help="Random seed (default: the recipe's).")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last.pt.")
 @click.option("--set", "set_options", multiple=True, metavar="KEY=VALUE", help="Override any recipe key, e.g. --set optim.lr=1e-4.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def train(dataset, recipe, data_root, out, init, arch, epochs, eval_on, device, precision, seed, resume, set_options,
-          quiet):
+def train(dataset, recipe, data_root, out, init, arch, epochs, eval_on, device, precision, dataset_options, seed, resume,
+          set_options, quiet):
     """Supervised training (ID + triplet) on a labelled dataset; stage 1 of UDA."""
     from .config import recipes_dir
+    from .data.datasets import spec_label
     from .distributed import distributed_session
     from .engine.loop import train_supervised
 
@@ -159,7 +187,8 @@ def train(dataset, recipe, data_root, out, init, arch, epochs, eval_on, device, 
         **_shared_overrides(init, arch, device, precision, seed, eval_on),
     }
     config = _resolve_config(recipe, overrides, set_options)
-    out = out or Path("runs") / f"train_{dataset}"
+    config = _with_dataset_options(config, dataset, dataset_options, [dataset, *config.eval_datasets])
+    out = out or Path("runs") / f"train_{spec_label(dataset)}"
     with distributed_session(config.device) as dist:
         _prepare_run_dir(out, resume)
         summary = train_supervised(config, out, data_root=data_root, resume=resume, progress=not quiet, dist=dist)
@@ -189,6 +218,7 @@ def _adaptation_options(f):
         click.option("--eval-on", "eval_on", multiple=True, help="Also evaluate the final model on this dataset (repeatable)."),
         _device_option,
         _precision_option,
+        _dataset_option,
         click.option("--seed", type=click.IntRange(min=0), default=None, help="Random seed (default: the recipe's)."),
         click.option("--resume", is_flag=True, help="Continue the run in --out from its last.pt."),
         click.option("--set", "set_options", multiple=True, metavar="KEY=VALUE", help="Override any recipe key, e.g. --set clustering.eps=0.5."),
@@ -223,8 +253,8 @@ def _default_adapt_recipe(method: str, source: str | None, target: str, *, camer
 
 
 def _run_adaptation(source, target, method, recipe, data_root, out, init, arch, clusterer, gds, gds_hard,
-                    camera_proxies, epochs, eval_on, device, precision, seed, resume, set_options, quiet):
-    from .data.datasets import canonical_name
+                    camera_proxies, epochs, eval_on, device, precision, dataset_options, seed, resume, set_options, quiet):
+    from .data.datasets import canonical_name, spec_label
     from .distributed import distributed_session
     from .engine.loop import adapt as run_adaptation
 
@@ -246,7 +276,8 @@ def _run_adaptation(source, target, method, recipe, data_root, out, init, arch, 
     if camera_proxies not in (None, "off") and "camera_proxies" in METHODS.get(method).excludes_add_ons:
         raise ConfigError(f"--camera-proxies {camera_proxies}: method {method} already is camera-aware proxies; "
                           f"drop --camera-proxies, or add them to another method (e.g. --method pplr)")
-    recipe = recipe or _default_adapt_recipe(method, source, target, cameras=camera_proxies not in (None, "off"))
+    recipe = recipe or _default_adapt_recipe(method, source and spec_label(source), spec_label(target),
+                                             cameras=camera_proxies not in (None, "off"))
     overrides = {
         "source": source,
         "target": target,
@@ -262,13 +293,15 @@ def _run_adaptation(source, target, method, recipe, data_root, out, init, arch, 
     config = _resolve_config(recipe, overrides, set_options)
     if source is None:
         config = apply_overrides(config, {"source": None})
+    config = _with_dataset_options(config, target, dataset_options,
+                                   [spec for spec in (config.source, config.target, *config.eval_datasets) if spec])
     label = config.adapt.method
     cameras = config.camera_proxies.mode
     if cameras != "off":  # run folders named like the recipes: pplr_cam_usl_market1501
         label += "_cam" if cameras == "pplr" else f"_{cameras}"
     if config.gds.enabled or config.gds.hard_mining:
         label += "_gdsh" if config.gds.hard_mining else "_gds"
-    name = f"{label}_{source}_to_{target}" if source else f"{label}_usl_{target}"
+    name = f"{label}_{spec_label(source)}_to_{spec_label(target)}" if source else f"{label}_usl_{spec_label(target)}"
     out = out or Path("runs") / name
     with distributed_session(config.device) as dist:
         _prepare_run_dir(out, resume)
@@ -276,6 +309,11 @@ def _run_adaptation(source, target, method, recipe, data_root, out, init, arch, 
         if not dist.is_main:
             return
     click.echo(f"run folder: {out}")
+    if summary.get("diagnostics") is not None:  # no query/gallery: what can be said without labels
+        figures = summary["diagnostics"]
+        click.echo(f"{'last epoch':>10}: " + "  ".join(f"{k} {v:g}" for k, v in figures.items()))
+        click.echo(f"{'':>10}  (no query/gallery split, so no mAP; see metrics.png and clusters_epochNNN.png in {out})")
+        return
     direct, last = summary["initial"], summary["last"]
     click.echo(f"{'initial':>10}: mAP {direct.get('mAP', float('nan')):5.1f}  rank1 {direct.get('rank1', float('nan')):5.1f}")
     if last:
@@ -308,13 +346,15 @@ def usl(dataset, **options):
 @_data_root_option
 @_device_option
 @_precision_option
+@_dataset_option
 @click.option("--rerank", is_flag=True, help="k-reciprocal re-ranking (k1=20, k2=6, lambda=0.3).")
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
 @click.option("--set", "set_options", multiple=True, metavar="KEY=VALUE", help="Override a setting of the checkpoint's config, e.g. --set data.workers=0 --set data.eval_batch_size=64.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def evaluate(dataset, weights, arch, recipe, data_root, device, precision, rerank, as_json, set_options, quiet):
+def evaluate(dataset, weights, arch, recipe, data_root, device, precision, dataset_options, rerank, as_json, set_options,
+             quiet):
     """mAP and Rank-1/5/10 of a model on a dataset's query/gallery (Market protocol)."""
-    from .data.datasets import load_dataset
+    from .data.datasets import load_dataset, options_for
     from .device import resolve_device
     from .evaluation.protocol import evaluate_model
     from .precision import resolve_precision
@@ -326,7 +366,8 @@ def evaluate(dataset, weights, arch, recipe, data_root, device, precision, reran
     config = apply_overrides(config, parse_set_options(set_options), "--set")
     torch_device = resolve_device(device or "auto")
     model.compute_dtype = resolve_precision(precision or config.precision, torch_device).dtype
-    data = load_dataset(dataset, data_root)
+    config = _with_dataset_options(config, dataset, dataset_options, [dataset])
+    data = load_dataset(dataset, data_root, **options_for(dataset, config.dataset_options))
     reranker = None
     if rerank:
         from .evaluation.rerank import re_rank_chunks
@@ -350,7 +391,7 @@ def plot_distances(run_dir, checkpoint, data_root, device, quiet):
 
     Writes distances.png and distances.json into the run folder (GDS runs write them at the end).
     """
-    from .data.datasets import load_dataset
+    from .data.datasets import load_dataset, options_for
     from .device import resolve_device
     from .evaluation.distances import dataset_histograms, save_histograms
     from .models.factory import model_from_weights
@@ -360,7 +401,8 @@ def plot_distances(run_dir, checkpoint, data_root, device, quiet):
         raise ConfigError(f"--run {run_dir}: no {weights.name} in the run folder (is it a udareid run?)")
     model, config = model_from_weights(str(weights))
     torch_device = resolve_device(device or config.device)
-    dataset = load_dataset(config.target or config.dataset, data_root)
+    spec = config.target or config.dataset
+    dataset = load_dataset(spec, data_root, **options_for(spec, config.dataset_options))
     histograms = dataset_histograms(model.to(torch_device), dataset, config.data, device=torch_device, progress=not quiet)
     json_path, png_path = save_histograms(histograms, run_dir, title=f"{run_dir.name} ({checkpoint}.pt), {dataset.name}")
     for split, histogram in histograms.items():
@@ -378,7 +420,7 @@ def plot_distances(run_dir, checkpoint, data_root, device, quiet):
 @_data_root_option
 def inspect_agreement(run_dir, epoch, count, out, data_root):
     """Grid of the target images with the lowest and the highest PPLR cross-agreement."""
-    from .data.datasets import load_dataset
+    from .data.datasets import load_dataset, options_for
     from .data.image_dataset import readable_samples
     from .engine.epoch_records import load_epoch_records
     from .evaluation.agreement_grid import save_agreement_grid
@@ -393,7 +435,8 @@ def inspect_agreement(run_dir, epoch, count, out, data_root):
     epoch = epoch if epoch is not None else max(records)
     if epoch not in records:
         raise ConfigError(f"--epoch {epoch}: no agreement scores saved for it; saved epochs: {', '.join(map(str, sorted(records)))}")
-    dataset = load_dataset(config.target or config.dataset, data_root)
+    spec = config.target or config.dataset
+    dataset = load_dataset(spec, data_root, **options_for(spec, config.dataset_options))
     samples = readable_samples(dataset.train, progress=False) if config.data.skip_unreadable else dataset.train
     out = out or run_dir / f"agreement_extremes_epoch{epoch:03d}.png"
     scores = records[epoch]["score_agreement"]

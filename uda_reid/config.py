@@ -190,6 +190,8 @@ class RunConfig:
     source: str | None = None  # adapt: labelled source domain (None = USL)
     target: str | None = None  # adapt / usl: the unlabelled target domain
     eval_datasets: list[str] = field(default_factory=list)  # extra domains evaluated at the end
+    # Each dataset's own options by registered name: {"folder": {"camera_regex": "none"}, "cuhk03": {"variant": "detected"}}
+    dataset_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     seed: int = 1
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: str = "fp32"  # fp32 | bf16 | fp16 | auto: the backbone's autocast dtype (uda_reid.precision)

@@ -92,22 +92,52 @@ def resolve_data_root(root: str | os.PathLike | None = None) -> Path:
 ALIASES = {"market": "market1501", "duke": "dukemtmc", "msmt": "msmt17", "cuhk03np": "cuhk03"}
 
 
+def split_spec(spec: str) -> tuple[str, str | None]:
+    """``NAME`` or ``NAME:PATH`` (``folder:/data/my_cameras``) -> (registered name, path or None)."""
+    name, sep, path = spec.partition(":")
+    return ALIASES.get(name.lower(), name), (path if sep else None)
+
+
 def canonical_name(name: str) -> str:
-    """The registered name for `name` or one of its aliases (unknown names pass through unchanged)."""
-    return ALIASES.get(name.lower(), name)
+    """The registered name for `name` or one of its aliases, a ``:PATH`` kept (unknown names pass through)."""
+    base, path = split_spec(name)
+    return base if path is None else f"{base}:{path}"
+
+
+def spec_label(spec: str) -> str:
+    """A file-name-safe label of a dataset spec: ``folder:/data/cams`` -> ``folder_cams``."""
+    base, path = split_spec(spec)
+    return base if path is None else f"{base}_{Path(path).expanduser().name or 'root'}"
 
 
 def load_dataset(name: str, root: str | os.PathLike | None = None, **options) -> ReidDataset:
-    """Load dataset `name` from the data root; `options` are the dataset's own (e.g. variant=...)."""
-    name = canonical_name(name)
+    """Load dataset `name` (``NAME`` or ``NAME:PATH``) from the data root; `options` are the
+    dataset's own (e.g. variant=..., camera_regex=...); ``:PATH`` is its ``path`` option."""
+    name, options = checked_options(name, options)
+    return DATASETS.get(name)(resolve_data_root(root), **options)
+
+
+def checked_options(spec: str, options: dict) -> tuple[str, dict]:
+    """(registered name, options with ``:PATH`` as ``path``), or ConfigError naming what the dataset takes."""
+    name, path = split_spec(spec)
     loader = DATASETS.get(name)
     parameters = inspect.signature(loader).parameters.values()
     accepted = [p.name for p in parameters if p.kind is inspect.Parameter.KEYWORD_ONLY]
+    if path is not None:
+        if "path" not in accepted:
+            raise ConfigError(f"dataset {name!r} takes no path ({name}:{path}); it is found under the data root "
+                              f"(--data-root). Only 'folder' takes one: folder:{path}")
+        options = {**options, "path": path}
     unknown = sorted(set(options) - set(accepted))
     if unknown:
         takes = ", ".join(accepted) if accepted else "no options"
         raise ConfigError(f"dataset {name!r} got unknown option(s) {', '.join(unknown)}; it takes: {takes}")
-    return loader(resolve_data_root(root), **options)
+    return name, options
+
+
+def options_for(spec: str, dataset_options: dict[str, dict]) -> dict:
+    """The options a run's config holds for ``spec`` (``dataset_options`` is keyed by registered name)."""
+    return dict(dataset_options.get(split_spec(spec)[0], {}))
 
 
 def format_stats(dataset: ReidDataset) -> str:

@@ -37,8 +37,10 @@ from tqdm import tqdm
 
 from ..addons import build_add_ons
 from ..clustering import CLUSTERERS, KNN_BACKENDS, ClusterResult, cluster_stage
+from ..clustering.diagnostics import cluster_diagnostics
+from ..evaluation.cluster_grid import save_cluster_grid
 from ..config import RunConfig, save_config, update_dataclass
-from ..data.datasets import ReidDataset, Sample, load_dataset
+from ..data.datasets import ReidDataset, Sample, load_dataset, options_for
 from ..data.image_dataset import ImageDataset, readable_dataset
 from ..data.samplers import batches_per_pass, build_batch_sampler, check_sampler_rule
 from ..data.transforms import build_train_transform
@@ -54,7 +56,7 @@ from ..models.checkpoints import load_checkpoint, save_checkpoint
 from ..device import loader_workers
 from ..precision import resolve_precision
 from ..distributed import DistributedContext, bn_groups_per_process, init_distributed, unwrap_model
-from .epoch_records import plot_score_distributions, save_epoch_record
+from .epoch_records import epoch_record_path, plot_score_distributions, save_epoch_record
 from ..models.features import extract_features
 from .optim import build_optimizer, build_scheduler
 from .run_log import RunLog
@@ -138,8 +140,10 @@ class TrainingLoop:
 
     # ------------------------------------------------------------------ set-up
     def _load(self) -> tuple[ReidDataset | None, ReidDataset]:
-        source = load_dataset(self.config.source, self.data_root) if self.config.source else None
-        target = load_dataset(self.config.target, self.data_root)
+        options = self.config.dataset_options
+        source = (load_dataset(self.config.source, self.data_root, **options_for(self.config.source, options))
+                  if self.config.source else None)
+        target = load_dataset(self.config.target, self.data_root, **options_for(self.config.target, options))
         if self.config.data.skip_unreadable:  # every split, each file checked once here
             source = self._readable(source) if source is not None else None
             target = self._readable(target)
@@ -204,6 +208,13 @@ class TrainingLoop:
         if dist.is_main:
             save_config(config, self.run_dir / "config.yaml")
         source, target = self._load()
+        # A target without query/gallery (a folder of someone's own images) has no mAP: label-free
+        # diagnostics are logged instead, and best.pt is simply the last epoch's model.
+        self.labelled = bool(target.query) and bool(target.gallery)
+        if not self.labelled:
+            self._say(f"{target.name} has no query/gallery split: no mAP; each epoch logs label-free diagnostics "
+                      f"(outlier share, cluster sizes, change from the previous epoch, intra/inter-cluster distance) "
+                      f"and draws clusters_epochNNN.png; best.pt is the last epoch's model")
         target_samples = target.train
         source_samples = source.train if source is not None and self.method.uses_source_batches else None
         state = self._resume_state()
@@ -285,7 +296,7 @@ class TrainingLoop:
                               f"were re-seeded, so the draws differ from an uninterrupted run")
         else:
             dist.seed_rank_streams(config.seed)
-            if self.method.evaluates_initial_model:
+            if self.method.evaluates_initial_model and self.labelled:
                 figures = self._evaluate(network, target)
                 best_map = figures["mAP"]
                 self.log.append({"epoch": 0, **figures})
@@ -305,7 +316,9 @@ class TrainingLoop:
             row["lr"] = optimizer.param_groups[0]["lr"]
             scheduler.step()
             due = self.stage.eval_every > 0 and (epoch + 1) % self.stage.eval_every == 0
-            if due or epoch + 1 == self.stage.epochs:
+            if not self.labelled:
+                self._save_best(network, epoch, best_map)  # the label-free rule: the last epoch's model
+            elif due or epoch + 1 == self.stage.epochs:
                 figures = self._evaluate(network, target)
                 row.update(figures)
                 if figures["mAP"] > best_map:
@@ -364,11 +377,25 @@ class TrainingLoop:
         row.update(epoch_labels.figures)
         row.update(self._add_ons_on_clusters(result, epoch_labels, features, ctx))
         if dist.is_main:
+            row.update(cluster_diagnostics(result.labels, features, self._previous_cluster_labels(epoch)))
             save_epoch_record(self.run_dir, epoch + 1, cluster_labels=result.labels,
                               training_labels=epoch_labels.labels, scores=epoch_labels.scores)
             if epoch_labels.scores:
                 plot_score_distributions(self.run_dir)
+            if not self.labelled:
+                save_cluster_grid(ctx.target_samples, result.labels, self.run_dir / f"clusters_epoch{epoch + 1:03d}.png",
+                                  seed=self.config.seed + epoch,
+                                  title=f"{self.run_dir.name}: epoch {epoch + 1}, {result.num_clusters} clusters "
+                                        f"({result.num_outliers} outliers); sampled clusters, one per row")
         return epoch_labels
+
+    def _previous_cluster_labels(self, epoch: int) -> np.ndarray | None:
+        """The clustering of the previous epoch, from its saved record (also after --resume)."""
+        path = epoch_record_path(self.run_dir, epoch)  # records count epochs from 1: this is epoch - 1's
+        if epoch == 0 or not path.exists():
+            return None
+        with np.load(path) as record:
+            return record["cluster_labels"]
 
     def _add_ons_on_clusters(self, result: ClusterResult, epoch_labels: EpochLabels, features, ctx) -> dict[str, float]:
         """Every add-on rebuilds its per-epoch state from the clustering; returns their figures."""
@@ -505,10 +532,14 @@ class TrainingLoop:
             "epochs": self.stage.epochs,
             "initial": {k: v for k, v in initial.items() if k != "epoch"} if initial else {},
             "last": last,
-            "best_mAP": best_map,
+            "best_mAP": best_map if self.labelled else None,
         }
+        if not self.labelled:  # the last epoch's label-free figures stand in for mAP
+            summary["diagnostics"] = {k: v for k, v in final.items()
+                                      if k in ("clusters", "outliers", "outlier_share", "cluster_size_median",
+                                               "ari_previous", "nmi_previous", "intra_distance", "inter_distance")}
         for name in self.config.eval_datasets:
-            other = load_dataset(name, self.data_root)
+            other = load_dataset(name, self.data_root, **options_for(name, self.config.dataset_options))
             other = self._readable(other) if self.config.data.skip_unreadable else other
             summary.setdefault("also_evaluated", {})[other.name] = self._evaluate(model, other)
         for name, figures in {target.name: last, **summary.get("also_evaluated", {})}.items():

@@ -22,6 +22,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from tqdm import tqdm  # noqa: E402
 
+from ..clustering.diagnostics import SIZE_BINS, size_bin_name  # noqa: E402
 from ..fileio import atomic_path, atomic_write_text  # noqa: E402
 
 # Which curves share a panel: retrieval figures, losses, clustering counts, GDS's global statistics.
@@ -30,6 +31,9 @@ _PANELS = {
     "loss": ("loss",),
     "clusters": ("clusters", "outliers", "unclustered"),
     "pair distances (GDS: μ±, σ±, 3σ tails)": ("gds_",),
+    "cluster sizes (clusters of each size)": ("clusters_of_", *(size_bin_name(*bin_) for bin_ in SIZE_BINS)),
+    "label-free: change from previous epoch, cosine distances": ("ari_previous", "nmi_previous", "intra_distance",
+                                                                "inter_distance", "outlier_share"),
 }
 
 
@@ -78,9 +82,16 @@ class RunLog:
             self.logger.info(message)
 
     def plot(self) -> None:
+        # Each key goes to the panel whose prefix matches it longest (clusters_of_2: sizes, not counts).
+        numbers = {k for r in self.rows for k, v in r.items() if _is_number(v)}
+        owner = {}
+        for key in numbers:
+            matches = [(len(p), title) for title, prefixes in _PANELS.items() for p in prefixes if key.startswith(p)]
+            if matches:
+                owner[key] = max(matches)[1]
         panels = []
         for title, prefixes in _PANELS.items():
-            present = {k for r in self.rows for k, v in r.items() if _is_number(v) and k.startswith(prefixes)}
+            present = {k for k, t in owner.items() if t == title}
             # the panel's own order first (mAP, rank1, rank5, rank10), then any other key by name
             keys = [k for k in prefixes if k in present] + sorted(present - set(prefixes))
             if keys:
