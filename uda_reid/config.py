@@ -97,7 +97,8 @@ class ClusteringConfig:
     """The clustering stage run every epoch: kNN -> k-reciprocal Jaccard -> clusterer."""
 
     clusterer: str = "dbscan"  # dbscan | hdbscan | kmeans
-    eps: float = 0.6  # dbscan
+    eps: float | str = 0.6  # dbscan; auto = from the data at the first clustering (Song et al., METHODS.md §9)
+    eps_rho: float = 1.6e-3  # eps auto: the share of the smallest pairwise distances averaged
     min_samples: int = 4  # dbscan, hdbscan
     min_cluster_size: int = 4  # hdbscan
     n_clusters: int = 0  # kmeans; 0 = estimate
@@ -265,7 +266,8 @@ LIMITS: dict[str, Limit] = {
     "train.epochs": NON_NEGATIVE, "train.iters_per_epoch": NON_NEGATIVE, "train.label_smoothing": FRACTION,
     "train.triplet_margin": NON_NEGATIVE, "train.id_loss_weight": NON_NEGATIVE, "train.triplet_loss_weight": NON_NEGATIVE,
     "train.eval_every": NON_NEGATIVE, "train.bn_groups": AT_LEAST_ONE,
-    "clustering.eps": JACCARD_EPS, "clustering.min_samples": AT_LEAST_ONE, "clustering.min_cluster_size": Limit(2),
+    "clustering.eps": JACCARD_EPS, "clustering.eps_rho": Limit(0, 1, low_open=True, high_open=True),
+    "clustering.min_samples": AT_LEAST_ONE, "clustering.min_cluster_size": Limit(2),
     "clustering.n_clusters": NON_NEGATIVE, "clustering.k1": AT_LEAST_ONE, "clustering.k2": AT_LEAST_ONE,
     "adapt.epochs": NON_NEGATIVE, "adapt.iters_per_epoch": NON_NEGATIVE, "adapt.passes_per_epoch": NON_NEGATIVE,
     "adapt.eval_every": NON_NEGATIVE, "adapt.bn_groups": AT_LEAST_ONE, "adapt.source_pretrain_epochs": NON_NEGATIVE,
@@ -276,6 +278,9 @@ LIMITS: dict[str, Limit] = {
     "camera_proxies.hard_negatives": NON_NEGATIVE, "camera_proxies.inter_start_epoch": NON_NEGATIVE,
     "camera_proxies.inter_weight": NON_NEGATIVE, "camera_proxies.momentum": FRACTION,
 }
+
+#: Numeric keys that also take a word.
+NUMBER_OR_WORDS: dict[str, tuple[str, ...]] = {"clustering.eps": ("auto",)}
 
 #: What ``precision`` may be (resolved per device by ``uda_reid.precision``).
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")
@@ -293,6 +298,11 @@ CHOICES: dict[str, tuple[str, ...]] = {
 def _check_limits(dotted: str, value: Any, where: str) -> None:
     """``value`` of ``dotted`` against LIMITS / CHOICES; the message says where it was set and how."""
     limit, choices = LIMITS.get(dotted), CHOICES.get(dotted)
+    if isinstance(value, str) and dotted in NUMBER_OR_WORDS:  # clustering.eps: auto
+        if value not in NUMBER_OR_WORDS[dotted]:
+            raise ConfigError(f"{where}: {dotted} must be {limit} or one of {', '.join(NUMBER_OR_WORDS[dotted])}, "
+                              f"got {value!r}")
+        return
     if limit is not None:
         values = value if isinstance(value, list) else [value]
         bad = next((v for v in values if v is not None and not limit.admits(v)), None)

@@ -67,3 +67,16 @@ def test_an_unknown_dataset_option_is_refused_before_the_run_folder_exists(own_i
     assert result.exit_code == 1
     assert "dataset 'folder' got unknown option(s) cameras; it takes: path, camera_regex" in result.output
     assert not (tmp_path / "run").exists()
+
+
+def test_eps_auto_is_derived_once_logged_and_kept_through_a_resume(tmp_path, monkeypatch):
+    from tiny_reid_data import assert_resume_reaches_the_uninterrupted_run, tiny_adapt_config
+
+    data_root = write_two_domains(tmp_path / "data")
+    config = tiny_adapt_config(target="dukemtmc", **{"adapt.method": "spcl", "clustering.eps": "auto",
+                                                     "clustering.eps_rho": 0.2})
+    assert_resume_reaches_the_uninterrupted_run(config, tmp_path, data_root, monkeypatch, kill_after=1)
+    rows = [r for r in metrics_rows(tmp_path / "full") if r["epoch"] > 0]
+    assert len({r["eps"] for r in rows}) == 1 and 0 < rows[0]["eps"] < 1  # derived at epoch 1, then kept
+    saved = yaml.safe_load((tmp_path / "full" / "config.yaml").read_text())
+    assert saved["clustering"]["eps"] == "auto"  # the config as written; the value is in the rows and last.pt

@@ -21,6 +21,7 @@ slice of the same global batches with a DDP model, and only rank 0 writes files.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import sys
@@ -38,6 +39,8 @@ from tqdm import tqdm
 from ..addons import build_add_ons
 from ..clustering import CLUSTERERS, KNN_BACKENDS, ClusterResult, cluster_stage
 from ..clustering.diagnostics import cluster_diagnostics
+from ..clustering.eps import data_derived_eps
+from ..clustering.jaccard import jaccard_distance
 from ..evaluation.cluster_grid import save_cluster_grid
 from ..config import RunConfig, save_config, update_dataclass
 from ..data.datasets import ReidDataset, Sample, load_dataset, options_for
@@ -111,7 +114,10 @@ class TrainingLoop:
     ) -> None:
         if config.target is None:
             raise ConfigError("adaptation needs a target dataset (--target for adapt, --dataset for usl)")
-        self.config = config
+        # The run's own copy: clustering.eps "auto" becomes the value derived from the data in it, while
+        # the config as written is what config.yaml and the checkpoints hold and --resume compares with.
+        self.config_as_written = config
+        self.config = config = copy.deepcopy(config)
         self.run_dir = Path(run_dir)
         self.data_root = data_root
         self.resume = resume
@@ -211,6 +217,7 @@ class TrainingLoop:
         # A target without query/gallery (a folder of someone's own images) has no mAP: label-free
         # diagnostics are logged instead, and best.pt is simply the last epoch's model.
         self.labelled = bool(target.query) and bool(target.gallery)
+        self.resolved_eps: float | None = None
         if not self.labelled:
             self._say(f"{target.name} has no query/gallery split: no mAP; each epoch logs label-free diagnostics "
                       f"(outlier share, cluster sizes, change from the previous epoch, intra/inter-cluster distance) "
@@ -279,6 +286,9 @@ class TrainingLoop:
             scheduler.load_state_dict(state["train_state"]["scheduler"])
             if state["train_state"].get("grad_scaler"):  # absent: written without fp16
                 self.grad_scaler.load_state_dict(state["train_state"]["grad_scaler"])
+            if state["train_state"].get("resolved_eps") is not None:
+                self.resolved_eps = state["train_state"]["resolved_eps"]
+                config.clustering.eps = self.resolved_eps
             start_epoch, best_map = state["epoch"] + 1, state["best_mAP"]
             self.log.truncate_after(state["epoch"] + 1)  # rows count epochs from 1
             self.log.info(f"resumed from {self.run_dir / 'last.pt'}: continuing at epoch {start_epoch + 1}")
@@ -348,6 +358,13 @@ class TrainingLoop:
             epoch_labels = self.method.on_clusters(result, features, ctx)
             row.update(self._add_ons_on_clusters(result, epoch_labels, features, ctx))
             return epoch_labels
+        if config.clustering.eps == "auto":  # derived once, at the first clustering, and kept (METHODS.md §9)
+            self.resolved_eps = dist.on_main(self._data_derived_eps, features)
+            config.clustering.eps = self.resolved_eps
+            self._say(f"clustering.eps auto: {self.resolved_eps:.4f}, the mean of the smallest "
+                      f"{config.clustering.eps_rho:g} of the pairwise Jaccard distances (kept from now on)")
+        if self.resolved_eps is not None:
+            row["eps"] = round(self.resolved_eps, 5)
         # Once, on rank 0; every rank gets the same result and refines it identically.
         result = dist.on_main(
             cluster_stage,
@@ -388,6 +405,11 @@ class TrainingLoop:
                                   title=f"{self.run_dir.name}: epoch {epoch + 1}, {result.num_clusters} clusters "
                                         f"({result.num_outliers} outliers); sampled clusters, one per row")
         return epoch_labels
+
+    def _data_derived_eps(self, features: torch.Tensor) -> float:
+        """Song et al.'s eps from the whole sparse Jaccard distance of ``features``."""
+        c = self.config.clustering
+        return data_derived_eps(jaccard_distance(features, k1=c.k1, k2=c.k2, knn=c.knn), c.eps_rho)
 
     def _previous_cluster_labels(self, epoch: int) -> np.ndarray | None:
         """The clustering of the previous epoch, from its saved record (also after --resume)."""
@@ -490,7 +512,7 @@ class TrainingLoop:
         """``best.pt``: the exported model only (it is never resumed from)."""
         if self.dist.is_main:
             model = self._exported(network)
-            save_checkpoint(self.run_dir / "best.pt", self.config, epoch, model=model,
+            save_checkpoint(self.run_dir / "best.pt", self.config_as_written, epoch, model=model,
                             num_classes=_classifier_size(model), best_mAP=best_map)
         self.dist.barrier()  # nobody reads a checkpoint before it is complete
 
@@ -503,7 +525,7 @@ class TrainingLoop:
             trained = network.state_dict()
             save_checkpoint(
                 self.run_dir / "last.pt",
-                self.config,
+                self.config_as_written,
                 epoch,
                 model=model,
                 num_classes=_classifier_size(model),
@@ -517,6 +539,7 @@ class TrainingLoop:
                     "add_ons": {add_on.section: add_on.state_dict() for add_on in self.add_ons},
                     "rng": rng_states,  # one per rank, in rank order
                     "grad_scaler": self.grad_scaler.state_dict(),  # empty unless fp16
+                    "resolved_eps": self.resolved_eps,  # clustering.eps auto: the value derived at the first clustering
                 },
             )
         self.dist.barrier()

@@ -112,7 +112,9 @@ class SpCL(Method):
         figures: dict[str, float] = {}
         if self._self_paced and result.distance is not None and result.num_clusters > 0:
             eps, gap, min_samples = self.config.clustering.eps, self.options.eps_gap, self.config.clustering.min_samples
-            tight = DBSCANClusterer(eps=eps - gap, min_samples=min_samples).fit_predict(result.distance)
+            # An eps derived from the data (clustering.eps auto) can be below the gap: the tight pass then
+            # keeps only identical encodings, rather than failing on a negative eps.
+            tight = DBSCANClusterer(eps=max(eps - gap, 1e-6), min_samples=min_samples).fit_predict(result.distance)
             loose = DBSCANClusterer(eps=eps + gap, min_samples=min_samples).fit_predict(result.distance)
             refined = self.criterion(labels, tight, loose)
             labels = refined.labels
