@@ -44,6 +44,9 @@ RUNS: dict[str, tuple[str, dict[str, Any]]] = {
     "pplr_cap_losses_usl": ("pplr_usl_synthm", {"camera_proxies.mode": "cap"}),
     "cap_usl": ("cap_usl_synthm", {}),
     "cluster_contrast_usl": ("cluster_contrast_usl_synthm", {}),
+    # the same with eps derived from the data (Song et al.), against the recipe's tuned 0.5
+    "cluster_contrast_usl_eps_auto": ("cluster_contrast_usl_synthm", {"clustering.eps": "auto"}),
+    "spcl_usl_eps_auto": ("spcl_synthx_to_synthm", {"source": None, "clustering.eps": "auto"}),
 }
 
 

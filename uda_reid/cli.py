@@ -160,7 +160,7 @@ def _prepare_run_dir(out: Path, resume: bool) -> None:
 @click.option("--recipe", default=None, help="Recipe file or name in recipes/ (default: supervised_<dataset> if it exists, else supervised).")
 @_data_root_option
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None, help="Run folder (default: runs/train_<dataset>).")
-@click.option("--init", default=None, help="Initial weights: imagenet:PATH, lup:PATH, upreid:PATH or a uda_reid checkpoint.")
+@click.option("--init", default=None, help="Initial weights: imagenet (torchvision's, downloaded once into the torch cache), imagenet:PATH, lup:PATH, upreid:PATH or a uda_reid checkpoint.")
 @click.option("--arch", default=None, help="Backbone (resnet18, resnet34, resnet50, resnet101).")
 @click.option("--epochs", type=click.IntRange(min=0), default=None, help="Training epochs (train.epochs; default: the recipe's).")
 @click.option("--eval-on", "eval_on", multiple=True, help="Also evaluate the final model on this dataset (repeatable).")
@@ -207,7 +207,7 @@ def _adaptation_options(f):
         click.option("--recipe", default=None, help="Recipe file or name in recipes/ (default: chosen from method and datasets)."),
         _data_root_option,
         click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None, help="Run folder (default: runs/<method>_<datasets>)."),
-        click.option("--init", default=None, help="Initial weights: imagenet:PATH, lup:PATH, upreid:PATH or a uda_reid checkpoint."),
+        click.option("--init", default=None, help="Initial weights: imagenet (torchvision's, downloaded once into the torch cache), imagenet:PATH, lup:PATH, upreid:PATH or a uda_reid checkpoint."),
         click.option("--arch", default=None, help="Backbone (resnet18, resnet34, resnet50, resnet101)."),
         click.option("--clusterer", type=click.Choice(["dbscan", "hdbscan", "kmeans"]), default=None, help="Clustering of the Jaccard distance (clustering.clusterer; default: the recipe's)."),
         click.option("--gds", is_flag=True, default=None, help="Add the GDS term (global distance-distribution separation) to the method's losses."),
@@ -378,6 +378,49 @@ def evaluate(dataset, weights, arch, recipe, data_root, device, precision, datas
         click.echo(json.dumps({"dataset": data.name, "weights": str(weights), "rerank": rerank, **figures}))
     else:
         click.echo(f"{data.name}: " + "  ".join(f"{k} {v:.1f}" for k, v in figures.items()))
+
+
+# --------------------------------------------------------------------------- extract
+@cli.command()
+@click.option("--weights", required=True, help="A uda_reid checkpoint (best.pt / last.pt), or imagenet / imagenet:PATH / lup:PATH / upreid:PATH with --arch.")
+@click.option("--images", type=click.Path(file_okay=False, exists=True, path_type=Path), default=None,
+              help="A folder of images (flat or nested); camera ids from the names as the folder dataset reads them.")
+@click.option("--dataset", default=None, help="Or a dataset (market1501, synthm, folder:DIR, ...): its --split.")
+@click.option("--split", type=click.Choice(["train", "query", "gallery", "all"]), default="all", show_default=True,
+              help="Which split of --dataset (all: train, then query, then gallery).")
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="features.npy (+ features.npy.index.tsv: row, path, pid, camid; memory stays one batch) or features.npz.")
+@click.option("--arch", default="resnet50", show_default=True, help="Backbone, for weights that are not a uda_reid checkpoint.")
+@_data_root_option
+@_device_option
+@_precision_option
+@_dataset_option
+@click.option("--set", "set_options", multiple=True, metavar="KEY=VALUE", help="Override a setting of the checkpoint's config, e.g. --set data.eval_batch_size=64.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def extract(weights, images, dataset, split, out, arch, data_root, device, precision, dataset_options, set_options, quiet):
+    """L2-normalised features of images, with their paths (and ids and cameras when known)."""
+    from .data.datasets import load_dataset, options_for
+    from .device import resolve_device
+    from .models.factory import model_from_weights
+    from .models.features import write_features
+    from .precision import resolve_precision
+
+    if (images is None) == (dataset is None):
+        raise ConfigError("extract needs exactly one of --images DIR and --dataset NAME")
+    model, config = model_from_weights(weights, arch)
+    config = apply_overrides(config, parse_set_options(set_options), "--set")
+    spec = f"folder:{images}" if images is not None else dataset
+    config = _with_dataset_options(config, spec, dataset_options, [spec])
+    data = load_dataset(spec, data_root, **options_for(spec, config.dataset_options))
+    samples = {"train": data.train, "query": data.query, "gallery": data.gallery,
+               "all": [*data.train, *data.query, *data.gallery]}[split]
+    if not samples:
+        raise ConfigError(f"{data.name} ({data.root}) has no images in split {split!r}")
+    torch_device = resolve_device(device or "auto")
+    model.compute_dtype = resolve_precision(precision or config.precision, torch_device).dtype
+    write_features(model.to(torch_device), samples, config.data, out, device=torch_device, progress=not quiet)
+    index = "" if out.suffix == ".npz" else f" and {out.name}.index.tsv"
+    click.echo(f"{len(samples)} images of {data.name} ({split}) -> {out}{index}")
 
 
 @cli.command("plot-distances")

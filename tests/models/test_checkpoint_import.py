@@ -371,3 +371,33 @@ def test_import_report_summary_lists_what_was_left_out() -> None:
     text = str(report)
     assert "w.pth [generic]: loaded 1/2 tensors (50.0%) into resnet18" in text
     assert "missing (left at their initial values): b" in text and "dropped heads: fc.weight" in text
+
+
+def test_imagenet_by_name_loads_torchvisions_file_from_the_torch_cache(tmp_path: Path, monkeypatch) -> None:
+    """``--init imagenet``: the file torchvision would download, found in torch's cache (no network here)."""
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    monkeypatch.setattr(torch.hub, "download_url_to_file", lambda *a, **k: pytest.fail("downloaded although cached"))
+    reference = randomised(torchvision.models.resnet18().state_dict(), seed=3)
+    cached = tmp_path / "hub" / "checkpoints" / "resnet18-f37072fd.pth"  # torchvision's IMAGENET1K_V1 file name
+    cached.parent.mkdir(parents=True)
+    torch.save(reference, cached)
+    assert parse_init_spec("imagenet") == ("imagenet", None) and not lup_uses_extra_bn("imagenet")
+    model = ReidModel("resnet18")
+    report = load_init(model, "imagenet")
+    assert report.source == cached and not report.missing
+    assert torch.equal(model.backbone.state_dict()["conv1.weight"], reference["conv1.weight"])
+
+
+def test_imagenet_by_name_offline_names_the_file_and_where_to_put_it(tmp_path: Path, monkeypatch) -> None:
+    from urllib.error import URLError
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+
+    def offline(url, dst, **kwargs):
+        raise URLError("no network")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    expected = tmp_path / "hub" / "checkpoints" / "resnet50-0676ba61.pth"
+    with pytest.raises(CheckpointError, match=f"{expected} is not there and could not be downloaded from "
+                                              f"https://download.pytorch.org/models/resnet50-0676ba61.pth.*imagenet:PATH"):
+        load_init(ReidModel("resnet50"), "imagenet")

@@ -233,7 +233,10 @@ class TrainingLoop:
         if report is not None:
             self.log.info(f"initial weights: {report}")
         else:
-            self.log.info("initial weights: random (no model.init); the paper recipes expect --init imagenet:PATH")
+            self.log.info("initial weights: random (no model.init)")
+            if config.model.arch in ("resnet50", "resnet101"):  # the paper recipes' backbones
+                self._say(f"warning: {config.model.arch} starts from random weights (no --init); the published "
+                          f"numbers of the paper recipes assume ImageNet weights: --init imagenet (or imagenet:PATH)")
         self._say(f"{self.stage_name}: {config.adapt.method}"
                   + "".join(f" + {add_on.section}" for add_on in self.add_ons)
                   + (f", {config.source} -> {target.name}" if config.source and self.method.clusters else f" on {target.name}")

@@ -18,6 +18,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.error import URLError
+from urllib.parse import urlparse
 
 import torch
 from torch import nn
@@ -91,9 +93,11 @@ def _examples(names: list[str]) -> str:
     return shown if len(names) <= _EXAMPLES else f"{shown} (+{len(names) - _EXAMPLES} more)"
 
 
-def parse_init_spec(spec: str) -> tuple[str, Path]:
+def parse_init_spec(spec: str) -> tuple[str, Path | None]:
     """Split ``"imagenet:PATH"``, ``"lup:PATH"``, ``"upreid:PATH"`` or a bare ``"PATH"`` into (kind, path).
 
+    ``"imagenet"`` alone is torchvision's ImageNet weights of the model's arch (path None: resolved
+    when the model is known, by :func:`imagenet_weights_file`).
     A bare path has kind ``"file"`` (a uda_reid run checkpoint or a plain state dict). A one-letter
     prefix is a Windows drive, not a kind; an unknown kind is an error unless the whole spec is an
     existing file.
@@ -101,6 +105,8 @@ def parse_init_spec(spec: str) -> tuple[str, Path]:
     text = spec.strip()
     if not text:
         raise ConfigError(f"{INIT_OPTION} is empty; expected KIND:PATH or PATH ({_kinds_help()})")
+    if text.lower() == "imagenet" and not Path(text).exists():
+        return "imagenet", None  # torchvision's weights for the model's arch: see imagenet_weights_file
     match = re.fullmatch(r"([A-Za-z][A-Za-z0-9_-]+):(.*)", text, flags=re.DOTALL)
     if match is not None:
         kind, rest = match.group(1).lower(), match.group(2).strip()
@@ -113,9 +119,40 @@ def parse_init_spec(spec: str) -> tuple[str, Path]:
     return FILE_KIND, Path(text).expanduser()
 
 
+def imagenet_weights_file(arch: str) -> Path:
+    """torchvision's ImageNet weights of ``arch`` (``IMAGENET1K_V1``, the file SpCL, cluster-contrast and
+    PPLR start from), in torch's cache; downloaded there once, hash-checked, when missing.
+
+    Offline, the error names the file and where to put it (or pass ``imagenet:PATH``).
+    """
+    import torchvision
+
+    try:
+        weights = torchvision.models.get_model_weights(arch).IMAGENET1K_V1
+    except (ValueError, AttributeError, KeyError):
+        raise ConfigError(f"{INIT_OPTION} imagenet: torchvision has no ImageNet weights for {arch!r}; "
+                          f"pass {INIT_OPTION} imagenet:PATH") from None
+    name = Path(urlparse(weights.url).path).name
+    target = Path(torch.hub.get_dir()) / "checkpoints" / name
+    if target.is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    match = torch.hub.HASH_REGEX.search(name)
+    try:
+        torch.hub.download_url_to_file(weights.url, str(target), hash_prefix=match.group(1) if match else None)
+    except (URLError, OSError, RuntimeError) as error:
+        raise CheckpointError(
+            f"{INIT_OPTION} imagenet: {target} is not there and could not be downloaded from {weights.url} "
+            f"({error}). Offline: download {name} on a connected machine and put it at {target}, or pass "
+            f"{INIT_OPTION} imagenet:PATH"
+        ) from None
+    return target
+
+
 def _kinds_help() -> str:
     kinds = "; ".join(f"{kind}:PATH = {what}" for kind, what in INIT_KINDS.items())
-    return f"known kinds: {kinds}; or a bare PATH = a uda_reid run checkpoint or a plain state dict"
+    return (f"known kinds: {kinds}; imagenet alone = torchvision's weights for the arch (downloaded once into "
+            f"torch's cache); or a bare PATH = a uda_reid run checkpoint or a plain state dict")
 
 
 def lup_uses_extra_bn(spec: str) -> bool:
@@ -277,6 +314,8 @@ def load_init(model: ReidModel, spec: str) -> ImportReport:
     architecture, the fraction and example keys.
     """
     kind, path = parse_init_spec(spec)
+    if path is None:
+        path = imagenet_weights_file(model.arch)
     content = safe_torch_load(path)
     is_run_checkpoint = isinstance(content, Mapping) and content.get("format") == RUN_CHECKPOINT_FORMAT
     if is_run_checkpoint:

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ..config import DataConfig
+from ..errors import ConfigError
+from ..fileio import atomic_path, atomic_write_text
 from ..device import loader_workers
 from ..data.datasets import Sample
 from ..data.image_dataset import ImageDataset
@@ -52,14 +58,71 @@ def extract_features(
         share = extract_features(model, list(samples)[dist.shard(len(samples))], data_config, device=device,
                                  progress=progress, desc=desc)
         return dist.gather_rows(share)
+    chunks = list(iter_feature_chunks(model, samples, data_config, device=device, progress=progress, desc=desc))
+    return torch.cat(chunks) if chunks else torch.empty(0, 0)
+
+
+@torch.no_grad()
+def iter_feature_chunks(
+    model: nn.Module,
+    samples: Sequence[Sample],
+    data_config: DataConfig,
+    *,
+    device: torch.device | None = None,
+    progress: bool = True,
+    desc: str = "extracting features",
+) -> Iterator[torch.Tensor]:
+    """The features of ``samples`` one ``eval_batch_size`` batch at a time (float32, CPU), in order,
+    so a caller can write them out without holding all N×D (model in eval mode, restored after)."""
     device = device or next(model.parameters()).device
     loader = eval_loader(samples, data_config, device)
     was_training = model.training
     model.eval()
-    chunks = []
     try:
         for batch in tqdm(loader, desc=desc, disable=not progress, leave=False):
-            chunks.append(model(batch["image"].to(device, non_blocking=True)).float().cpu())
+            yield model(batch["image"].to(device, non_blocking=True)).float().cpu()
     finally:
         model.train(was_training)
-    return torch.cat(chunks) if chunks else torch.empty(0, 0)
+
+
+def write_features(
+    model: nn.Module,
+    samples: Sequence[Sample],
+    data_config: DataConfig,
+    out: str | Path,
+    *,
+    device: torch.device | None = None,
+    progress: bool = True,
+) -> Path:
+    """L2-normalised features of ``samples`` to ``out``, with their paths, ids and cameras.
+
+    ``.npy``: the N×D float32 matrix, written batch by batch into a memory-mapped file (memory stays
+    one batch, whatever N), plus ``<out>.index.tsv`` (row, path, pid, camid; pid −1 = unknown);
+    ``.npz``: one file with ``features``, ``paths``, ``pids``, ``camids`` (held in memory: small sets).
+    Both are written atomically: an interrupted extraction leaves no partial file under ``out``.
+    """
+    out = Path(out)
+    if out.suffix not in (".npy", ".npz"):
+        raise ConfigError(f"--out {out}: expected a .npy file (features, plus {out.name}.index.tsv) or a .npz file")
+    if not samples:
+        raise ConfigError("no images to extract features from")
+    chunks = iter_feature_chunks(model, samples, data_config, device=device, progress=progress)
+    index = "row\tpath\tpid\tcamid\n" + "".join(f"{i}\t{s.path}\t{s.pid}\t{s.camid}\n" for i, s in enumerate(samples))
+    if out.suffix == ".npz":
+        features = F.normalize(torch.cat(list(chunks)), dim=1).numpy()
+        with atomic_path(out) as tmp, open(tmp, "wb") as handle:
+            np.savez(handle, features=features, paths=np.array([s.path for s in samples]),
+                     pids=np.array([s.pid for s in samples]), camids=np.array([s.camid for s in samples]))
+        return out
+    first = F.normalize(next(chunks), dim=1)
+    with atomic_path(out) as tmp:
+        matrix = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(samples), first.shape[1]))
+        matrix[: len(first)] = first.numpy()
+        row = len(first)
+        for chunk in chunks:
+            matrix[row : row + len(chunk)] = F.normalize(chunk, dim=1).numpy()
+            row += len(chunk)
+        matrix.flush()
+        del matrix
+    atomic_write_text(out.with_name(out.name + ".index.tsv"), index)
+    return out
