@@ -4,24 +4,16 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from tiny_reid_data import write_two_domains
+from tiny_reid_data import save_tiny_checkpoint, write_two_domains
 
 from uda_reid.cli import cli
-from uda_reid.config import RunConfig, apply_overrides
 from uda_reid.data.datasets import load_dataset
-from uda_reid.models import ReidModel
-from uda_reid.models.checkpoints import save_checkpoint
 from uda_reid.models.features import extract_features
 
 
 @pytest.fixture
 def checkpoint(tmp_path):
-    config = apply_overrides(RunConfig(), {"model.arch": "resnet18", "data.height": 32, "data.width": 16,
-                                           "data.workers": 0, "data.eval_batch_size": 10, "device": "cpu"})
-    torch.manual_seed(0)
-    model = ReidModel("resnet18")
-    save_checkpoint(tmp_path / "best.pt", config, 0, model=model.state_dict(), num_classes=0, best_mAP=0.0)
-    return tmp_path / "best.pt", model, config
+    return save_tiny_checkpoint(tmp_path / "best.pt")
 
 
 def test_npy_features_are_the_models_normalised_features_in_index_order(tmp_path, checkpoint):

@@ -97,3 +97,19 @@ def assert_resume_reaches_the_uninterrupted_run(config, run_root: Path, data_roo
     full = load_checkpoint(run_root / "full" / "last.pt")["model"]
     cut = load_checkpoint(run_root / "cut" / "last.pt")["model"]
     assert full.keys() == cut.keys() and all(torch.equal(full[k], cut[k]) for k in full)
+
+
+def save_tiny_checkpoint(path: Path):
+    """A run checkpoint of an untrained ResNet-18 on 32×16 images (seed 0): (path, the model in eval mode, its config)."""
+    import torch
+
+    from uda_reid.config import RunConfig, apply_overrides
+    from uda_reid.models import ReidModel
+    from uda_reid.models.checkpoints import save_checkpoint
+
+    config = apply_overrides(RunConfig(), {"model.arch": "resnet18", "data.height": 32, "data.width": 16,
+                                           "data.workers": 0, "data.eval_batch_size": 10, "device": "cpu"})
+    torch.manual_seed(0)
+    model = ReidModel("resnet18")
+    save_checkpoint(path, config, 0, model=model.state_dict(), num_classes=0, best_mAP=0.0)
+    return path, model.eval(), config

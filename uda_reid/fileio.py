@@ -132,3 +132,24 @@ def _metadata_globals() -> list[Any]:
         argparse.Namespace,
         *sorted(numeric_dtypes, key=lambda dtype_class: dtype_class.__name__),
     ]
+
+
+def pyplot():
+    """matplotlib's pyplot on the file-only Agg backend: figures are written, never shown (servers have no display)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig, path: str | os.PathLike, *, dpi: int = 90) -> Path:
+    """Lay out ``fig``, write it as PNG atomically and close it (open figures pile up over a long run)."""
+    plt = pyplot()
+    path = Path(path)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi)
+    plt.close(fig)
+    return path

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..fileio import atomic_path
+from ..fileio import atomic_path, pyplot, save_figure
 
 # Coarse on purpose: scores such as PPLR's agreement (|A∩B| / |A∪B| of 20-NN lists) take few distinct
 # values, and finer bins show their gaps instead of the distribution.
@@ -45,10 +45,7 @@ def load_epoch_records(run_dir: str | Path) -> dict[int, dict[str, np.ndarray]]:
 
 def plot_score_distributions(run_dir: str | Path) -> list[Path]:
     """One ``<score>.png`` per score: its histogram at every epoch (one panel per column, e.g. part)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     records = load_epoch_records(run_dir)
     names = sorted({key for record in records.values() for key in record if key.startswith("score_")})
@@ -70,10 +67,5 @@ def plot_score_distributions(run_dir: str | Path) -> list[Path]:
             ax.set_xlabel("score")
             ax.set_ylabel("images")
         axes[0][-1].legend(fontsize=6)
-        fig.tight_layout()
-        path = Path(run_dir) / f"{key.removeprefix('score_')}.png"
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format="png", dpi=90)
-        plt.close(fig)
-        written.append(path)
+        written.append(save_figure(fig, Path(run_dir) / f"{key.removeprefix('score_')}.png"))
     return written

@@ -14,16 +14,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+from tqdm import tqdm
 
-matplotlib.use("Agg")  # no screen needed
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
-
-from tqdm import tqdm  # noqa: E402
-
-from ..clustering.diagnostics import SIZE_BINS, size_bin_name  # noqa: E402
-from ..fileio import atomic_path, atomic_write_text  # noqa: E402
+from ..clustering.diagnostics import SIZE_BINS, size_bin_name
+from ..fileio import atomic_write_text, pyplot, save_figure
 
 # Which curves share a panel: retrieval figures, losses, clustering counts, GDS's global statistics.
 _PANELS = {
@@ -98,7 +92,9 @@ class RunLog:
                 panels.append((title, keys))
         if not panels:
             return
-        fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.9), squeeze=False)
+        from matplotlib.ticker import MaxNLocator
+
+        fig, axes = pyplot().subplots(1, len(panels), figsize=(5 * len(panels), 3.9), squeeze=False)
         for ax, (title, keys) in zip(axes[0], panels):
             for key in keys:
                 points = [(r["epoch"], r[key]) for r in self.rows if _is_number(r.get(key)) and "epoch" in r]
@@ -114,10 +110,7 @@ class RunLog:
             ax.legend(fontsize=7)
         if self.title:
             fig.suptitle(self.title, fontsize=10)
-        fig.tight_layout()
-        with atomic_path(self.plot_path) as tmp:
-            fig.savefig(tmp, format="png", dpi=90)
-        plt.close(fig)
+        save_figure(fig, self.plot_path)
 
 
 def screen_line(stage: str, row: dict[str, Any], epochs: int | None = None) -> str:

@@ -14,7 +14,7 @@ import numpy as np
 from ..data.image_dataset import read_image
 from ..data.layouts import Sample
 from ..errors import ConfigError
-from ..fileio import atomic_path
+from ..fileio import pyplot, save_figure
 
 
 def extreme_indices(scores: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
@@ -31,10 +31,7 @@ def extreme_indices(scores: np.ndarray, count: int) -> tuple[np.ndarray, np.ndar
 def save_agreement_grid(samples: Sequence[Sample], scores: np.ndarray, out_png: str | Path, *, count: int = 12,
                         title: str = "") -> Path:
     """Two rows of thumbnails, lowest agreement on top, highest below, each with its score and parts."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     if len(samples) != len(scores):
         raise ConfigError(
@@ -62,9 +59,4 @@ def save_agreement_grid(samples: Sequence[Sample], scores: np.ndarray, out_png: 
         axes[row][0].text(-0.15, 0.5, name, transform=axes[row][0].transAxes, rotation=90, va="center", ha="right", fontsize=8)
     if title:
         fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    out_png = Path(out_png)
-    with atomic_path(out_png) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
-    return out_png
+    return save_figure(fig, out_png, dpi=110)

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..data.image_dataset import read_image
 from ..data.layouts import Sample
-from ..fileio import atomic_path
+from ..fileio import pyplot, save_figure
 
 
 def sampled_clusters(labels: np.ndarray, rows: int, columns: int, seed: int) -> list[tuple[int, np.ndarray]]:
@@ -37,10 +37,7 @@ def save_cluster_grid(samples: Sequence[Sample], labels: np.ndarray, out_png: st
                       columns: int = 10, seed: int = 0, title: str = "") -> Path | None:
     """Write the grid; returns its path, or None when there is no cluster to show. Each row is
     titled with the cluster's label, size and cameras (when the images have camera ids)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     clusters = sampled_clusters(labels, rows, columns, seed)
     if not clusters:
@@ -60,9 +57,4 @@ def save_cluster_grid(samples: Sequence[Sample], labels: np.ndarray, out_png: st
                           va="center", ha="right", fontsize=6)
     if title:
         fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    out_png = Path(out_png)
-    with atomic_path(out_png) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
-    return out_png
+    return save_figure(fig, out_png, dpi=100)

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from ..config import DataConfig
 from ..data.datasets import ReidDataset
 from ..models.features import extract_features
-from ..fileio import atomic_path, atomic_write_text
+from ..fileio import atomic_write_text, pyplot, save_figure
 
 BINS = 100
 RANGE = (0.0, 2.0)
@@ -116,10 +116,7 @@ def dataset_histograms(model: torch.nn.Module, dataset: ReidDataset, data_config
 
 def save_histograms(histograms: dict[str, PairHistogram], out_dir: str | Path, *, title: str = "") -> tuple[Path, Path]:
     """``distances.json`` (edges, counts, summaries) and ``distances.png`` (one panel per split), atomically."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     out_dir = Path(out_dir)
     record: dict[str, Any] = {"edges": np.linspace(*RANGE, BINS + 1).round(4).tolist()}
@@ -149,9 +146,4 @@ def save_histograms(histograms: dict[str, PairHistogram], out_dir: str | Path, *
         ax.legend(fontsize=7)
     if title:
         fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    png_path = out_dir / "distances.png"
-    with atomic_path(png_path) as tmp:
-        fig.savefig(tmp, format="png", dpi=90)
-    plt.close(fig)
-    return json_path, png_path
+    return json_path, save_figure(fig, out_dir / "distances.png")

@@ -126,3 +126,34 @@ def write_features(
         del matrix
     atomic_write_text(out.with_name(out.name + ".index.tsv"), index)
     return out
+
+
+def read_features(path: str | Path) -> tuple[np.ndarray, list[Sample]]:
+    """The features and samples ``write_features`` wrote: (N×D float32, memory-mapped for ``.npy``;
+    the N samples with their paths, ids and cameras, pid −1 = unknown)."""
+    path = Path(path)
+    if path.suffix not in (".npy", ".npz") or not path.is_file():
+        raise ConfigError(f"{path}: expected a .npy or .npz file of features written by `udareid extract`")
+    if path.suffix == ".npz":
+        with np.load(path) as saved:
+            missing = {"features", "paths", "pids", "camids"} - set(saved.files)
+            if missing:
+                raise ConfigError(f"{path}: no {', '.join(sorted(missing))} array; expected a file of `udareid extract`")
+            features = saved["features"]
+            samples = [Sample(str(p), int(i), int(c)) for p, i, c in zip(saved["paths"], saved["pids"], saved["camids"])]
+    else:
+        index = path.with_name(path.name + ".index.tsv")
+        if not index.is_file():
+            raise ConfigError(f"{path}: its index {index.name} (row, path, pid, camid) is missing next to it")
+        features = np.load(path, mmap_mode="r")
+        samples = []
+        for number, line in enumerate(index.read_text().splitlines()[1:], start=2):
+            fields = line.split("\t")
+            try:
+                samples.append(Sample(fields[1], int(fields[2]), int(fields[3])))
+            except (IndexError, ValueError):
+                raise ConfigError(f"{index}: line {number} is not 'row<TAB>path<TAB>pid<TAB>camid': {line!r}") from None
+    if features.ndim != 2 or len(features) != len(samples):
+        raise ConfigError(f"{path}: {features.shape} features for {len(samples)} indexed images; "
+                          f"expected an N×D matrix with one row per image")
+    return features, samples
