@@ -16,7 +16,7 @@ LAYERS = [
     {"models"},
     {"clustering", "memory", "losses"},
     {"evaluation"},
-    {"methods"},
+    {"methods", "pretraining"},
     {"addons"},
     {"engine"},
     {"cli"},

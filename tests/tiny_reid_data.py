@@ -66,15 +66,19 @@ def metrics_rows(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
 
 
-def assert_resume_reaches_the_uninterrupted_run(config, run_root: Path, data_root: Path, monkeypatch, *, kill_after: int = 2) -> None:
-    """Run ``config`` once straight through and once killed after epoch ``kill_after`` then resumed;
-    every metrics row (timings aside) and every exported weight must be the same."""
+def assert_resume_reaches_the_uninterrupted_run(config, run_root: Path, data_root: Path, monkeypatch, *, kill_after: int = 2,
+                                                run=None) -> None:
+    """Run ``config`` (with ``run``, default the adaptation loop) once straight through and once killed
+    after epoch ``kill_after``'s row, then resumed; every metrics row (timings aside) and every exported
+    weight must be the same."""
     import pytest
     import torch
 
     from uda_reid.engine import run_log
     from uda_reid.models.checkpoints import load_checkpoint
     from uda_reid.engine.loop import adapt
+
+    adapt = run or adapt
 
     adapt(config, run_root / "full", data_root=data_root, progress=False)
     append = run_log.RunLog.append

@@ -104,6 +104,23 @@ def _dataset_option(f):
     )(f)
 
 
+def _run_control_options(f):
+    """Device, precision, dataset options, seed, resume, --set and --quiet: every training command's last options."""
+    options = [
+        _device_option,
+        _precision_option,
+        _dataset_option,
+        click.option("--seed", type=click.IntRange(min=0), default=None, help="Random seed (default: the recipe's)."),
+        click.option("--resume", is_flag=True, help="Continue the run in --out from its last.pt."),
+        click.option("--set", "set_options", multiple=True, metavar="KEY=VALUE",
+                     help="Override any recipe key, e.g. --set optim.lr=1e-4 --set clustering.eps=0.5."),
+        click.option("--quiet", is_flag=True, help="No progress bars."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
 def _with_dataset_options(config: RunConfig, default_spec: str, pairs: tuple[str, ...], specs: list[str]) -> RunConfig:
     """``config`` with ``--dataset-option`` pairs merged into ``dataset_options``, each checked against
     the dataset it names (before any work, so a typo costs nothing)."""
@@ -154,6 +171,17 @@ def _prepare_run_dir(out: Path, resume: bool) -> None:
         )
 
 
+def _run_on_every_process(run, config: RunConfig, out: Path, *, data_root, resume: bool, quiet: bool):
+    """``run(config, out, ...)`` on every torchrun process (or the one process); its summary on rank 0,
+    None on the others (which print nothing)."""
+    from .distributed import distributed_session
+
+    with distributed_session(config.device) as dist:
+        _prepare_run_dir(out, resume)
+        summary = run(config, out, data_root=data_root, resume=resume, progress=not quiet, dist=dist)
+        return summary if dist.is_main else None
+
+
 # --------------------------------------------------------------------------- train
 @cli.command()
 @click.option("--dataset", required=True, help="Labelled dataset to train on (e.g. market1501, synthx).")
@@ -164,19 +192,12 @@ def _prepare_run_dir(out: Path, resume: bool) -> None:
 @click.option("--arch", default=None, help="Backbone (resnet18, resnet34, resnet50, resnet101).")
 @click.option("--epochs", type=click.IntRange(min=0), default=None, help="Training epochs (train.epochs; default: the recipe's).")
 @click.option("--eval-on", "eval_on", multiple=True, help="Also evaluate the final model on this dataset (repeatable).")
-@_device_option
-@_precision_option
-@_dataset_option
-@click.option("--seed", type=click.IntRange(min=0), default=None, help="Random seed (default: the recipe's).")
-@click.option("--resume", is_flag=True, help="Continue the run in --out from its last.pt.")
-@click.option("--set", "set_options", multiple=True, metavar="KEY=VALUE", help="Override any recipe key, e.g. --set optim.lr=1e-4.")
-@click.option("--quiet", is_flag=True, help="No progress bars.")
+@_run_control_options
 def train(dataset, recipe, data_root, out, init, arch, epochs, eval_on, device, precision, dataset_options, seed, resume,
           set_options, quiet):
     """Supervised training (ID + triplet) on a labelled dataset; stage 1 of UDA."""
     from .config import recipes_dir
     from .data.datasets import spec_label
-    from .distributed import distributed_session
     from .engine.loop import train_supervised
 
     if recipe is None:
@@ -189,11 +210,9 @@ def train(dataset, recipe, data_root, out, init, arch, epochs, eval_on, device, 
     config = _resolve_config(recipe, overrides, set_options)
     config = _with_dataset_options(config, dataset, dataset_options, [dataset, *config.eval_datasets])
     out = out or Path("runs") / f"train_{spec_label(dataset)}"
-    with distributed_session(config.device) as dist:
-        _prepare_run_dir(out, resume)
-        summary = train_supervised(config, out, data_root=data_root, resume=resume, progress=not quiet, dist=dist)
-        if not dist.is_main:
-            return
+    summary = _run_on_every_process(train_supervised, config, out, data_root=data_root, resume=resume, quiet=quiet)
+    if summary is None:
+        return
     click.echo(f"run folder: {out}")
     for name, figures in {summary["target"]: summary["last"], **summary.get("also_evaluated", {})}.items():
         click.echo(f"{name:>12}: " + "  ".join(f"{k} {v:5.1f}" for k, v in figures.items()))
@@ -216,13 +235,7 @@ def _adaptation_options(f):
                      help="Add camera-aware proxy losses to the method (an add-on, any method but cap): CAP's losses or PPLR's inter-camera loss, or off."),
         click.option("--epochs", type=click.IntRange(min=0), default=None, help="Adaptation epochs (adapt.epochs; default: the recipe's)."),
         click.option("--eval-on", "eval_on", multiple=True, help="Also evaluate the final model on this dataset (repeatable)."),
-        _device_option,
-        _precision_option,
-        _dataset_option,
-        click.option("--seed", type=click.IntRange(min=0), default=None, help="Random seed (default: the recipe's)."),
-        click.option("--resume", is_flag=True, help="Continue the run in --out from its last.pt."),
-        click.option("--set", "set_options", multiple=True, metavar="KEY=VALUE", help="Override any recipe key, e.g. --set clustering.eps=0.5."),
-        click.option("--quiet", is_flag=True, help="No progress bars."),
+        _run_control_options,
     ]
     for option in reversed(options):
         f = option(f)
@@ -255,7 +268,6 @@ def _default_adapt_recipe(method: str, source: str | None, target: str, *, camer
 def _run_adaptation(source, target, method, recipe, data_root, out, init, arch, clusterer, gds, gds_hard,
                     camera_proxies, epochs, eval_on, device, precision, dataset_options, seed, resume, set_options, quiet):
     from .data.datasets import canonical_name, spec_label
-    from .distributed import distributed_session
     from .engine.loop import adapt as run_adaptation
 
     source = canonical_name(source) if source else None
@@ -303,11 +315,9 @@ def _run_adaptation(source, target, method, recipe, data_root, out, init, arch, 
         label += "_gdsh" if config.gds.hard_mining else "_gds"
     name = f"{label}_{spec_label(source)}_to_{spec_label(target)}" if source else f"{label}_usl_{spec_label(target)}"
     out = out or Path("runs") / name
-    with distributed_session(config.device) as dist:
-        _prepare_run_dir(out, resume)
-        summary = run_adaptation(config, out, data_root=data_root, resume=resume, progress=not quiet, dist=dist)
-        if not dist.is_main:
-            return
+    summary = _run_on_every_process(run_adaptation, config, out, data_root=data_root, resume=resume, quiet=quiet)
+    if summary is None:
+        return
     click.echo(f"run folder: {out}")
     if summary.get("diagnostics") is not None:  # no query/gallery: what can be said without labels
         figures = summary["diagnostics"]
@@ -363,6 +373,57 @@ def _trained_model(weights: str, arch: str, set_options: tuple[str, ...], device
     model = model.to(torch_device)
     model.compute_dtype = resolve_precision(precision or config.precision, torch_device).dtype
     return model, config, torch_device
+
+
+# --------------------------------------------------------------------------- pretrain
+@cli.command()
+@click.option("--images", type=click.Path(file_okay=False, exists=True, path_type=Path), default=None,
+              help="A folder of unlabelled person images (flat or nested), e.g. LUPerson's.")
+@click.option("--dataset", "datasets", multiple=True, help="Or datasets whose train images to use (repeatable: "
+                                                           "--dataset synthx --dataset synthm).")
+@click.option("--method", type=click.Choice(["moco", "upreid"]), default=None,
+              help="moco: MoCo v2 as LUPerson; upreid: UP-ReID's consistency + intrinsic contrastive losses. "
+                   "Default: the recipe's (moco).")
+@click.option("--recipe", default=None, help="Recipe file or name (default: <method>_luperson, the paper settings; "
+                                             "moco_synthetic / upreid_synthetic are CPU-sized).")
+@_data_root_option
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Run folder (default: runs/pretrain_<method>_<data>); it receives backbone.pth.")
+@click.option("--arch", default=None, help="Backbone (resnet18, resnet34, resnet50, resnet101).")
+@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Epochs (pretrain.epochs; default: the recipe's).")
+@click.option("--eval-on", "eval_on", multiple=True,
+              help="Labelled dataset on which to measure the frozen backbone's retrieval mAP (repeatable).")
+@_run_control_options
+def pretrain(images, datasets, method, recipe, data_root, out, arch, epochs, eval_on, device, precision,
+             dataset_options, seed, resume, set_options, quiet):
+    """Self-supervised pre-training of a re-ID backbone on unlabelled images (MoCo v2 / UP-ReID).
+
+    The result, RUN/backbone.pth, starts any run: udareid usl ... --init moco:RUN/backbone.pth.
+    """
+    from .data.datasets import canonical_name, spec_label
+    from .engine.pretrain import pretrain as run_pretraining
+
+    if (images is None) == (not datasets):
+        raise ConfigError("pretrain needs --images DIR or --dataset NAME (repeatable), not both")
+    specs = [f"folder:{images}"] if images is not None else [canonical_name(name) for name in datasets]
+    if recipe is not None:
+        recipe_method = load_recipe(find_recipe(recipe)).pretrain.method
+        if method is not None and method != recipe_method:
+            raise ConfigError(f"--method {method} contradicts --recipe {recipe}, a recipe for {recipe_method}; "
+                              f"drop --method, or choose a {method} recipe")
+    recipe = recipe or f"{method or 'moco'}_luperson"
+    overrides = {"pretrain.datasets": specs, "pretrain.method": method, "pretrain.epochs": epochs,
+                 **_shared_overrides(None, arch, device, precision, seed, eval_on)}
+    config = _resolve_config(recipe, overrides, set_options)
+    config = _with_dataset_options(config, specs[0], dataset_options, [*specs, *config.eval_datasets])
+    out = out or Path("runs") / f"pretrain_{config.pretrain.method}_{'_'.join(spec_label(s) for s in specs)}"
+    summary = _run_on_every_process(run_pretraining, config, out, data_root=data_root, resume=resume, quiet=quiet)
+    if summary is None:
+        return
+    click.echo(f"run folder: {out}")
+    figures = summary["last"]
+    click.echo("last epoch: " + "  ".join(f"{k} {v:g}" for k, v in figures.items() if isinstance(v, (int, float))))
+    click.echo(f"backbone: {summary['backbone']} (start a run with --init {summary['init']})")
 
 
 # --------------------------------------------------------------------------- evaluate

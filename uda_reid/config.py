@@ -63,12 +63,14 @@ class ModelConfig:
 
 @dataclass
 class OptimConfig:
-    """Optimiser and learning-rate schedule (linear warm-up, then steps)."""
+    """Optimiser and learning-rate schedule (linear warm-up, then steps or a cosine decay)."""
 
     optimizer: str = "adam"  # adam | sgd
     lr: float = 3.5e-4
     weight_decay: float = 5e-4
     momentum: float = 0.9  # sgd only
+    nesterov: bool = True  # sgd only (MoCo pre-training: plain momentum)
+    schedule: str = "step"  # step: ×gamma at each milestone | cosine: half a cosine to 0 over the run's epochs
     warmup_epochs: int = 10
     warmup_factor: float = 0.01
     milestones: list[int] = field(default_factory=lambda: [40, 70])
@@ -184,6 +186,39 @@ class CameraProxyConfig:
 
 
 @dataclass
+class PretrainConfig:
+    """Self-supervised pre-training (``udareid pretrain``; METHODS.md §7): MoCo v2 as LUPerson ran it,
+    or UP-ReID's consistency + intrinsic contrastive objective on top of it."""
+
+    method: str = "moco"  # moco | upreid
+    datasets: list[str] = field(default_factory=list)  # their train splits, joined (folder:DIR for a folder)
+    epochs: int = 200
+    iters_per_epoch: int | None = None  # None: one pass over the images
+    batch_size: int = 256  # global (all processes)
+    queue_size: int = 65536
+    key_momentum: float = 0.999  # EMA of the key encoder
+    temperature: float = 0.1  # τ of the global InfoNCE (LUPerson's script; 0.07 in MoCo v2)
+    dim: int = 128  # projection size
+    last_stride: int = 2  # the plain ResNet of the published pre-training
+    bn_groups: int = 8  # BN statistics per chunk of a process's batch; keys shuffled first (MoCo's shuffle BN)
+    crop_scale: list[float] = field(default_factory=lambda: [0.2, 1.0])
+    grayscale_prob: float = 0.2
+    blur_prob: float = 0.5
+    blur_sigma: list[float] = field(default_factory=lambda: [0.1, 2.0])
+    erasing_prob: float = 0.5
+    erasing_max_area: float = 0.6
+    # UP-ReID
+    global_weight: float = 0.8  # λg
+    patch_weight: float = 0.2  # λp
+    patch_temperature: float = 0.1  # τ2
+    stripes: int = 4
+    columns: int = 2
+    consistency_weight: float = 1.0
+    mmd: str = "gaussian"  # gaussian (multi-bandwidth) | linear
+    eval_every: int = 0  # epochs between frozen-backbone evaluations on eval_datasets (0: at the end only)
+
+
+@dataclass
 class RunConfig:
     """Everything one run needs; saved as ``config.yaml`` in the run folder."""
 
@@ -204,6 +239,7 @@ class RunConfig:
     adapt: AdaptConfig = field(default_factory=AdaptConfig)
     gds: GdsConfig = field(default_factory=GdsConfig)
     camera_proxies: CameraProxyConfig = field(default_factory=CameraProxyConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     # The method's own options, checked strictly by the method against its options dataclass.
     method_options: dict[str, Any] = field(default_factory=dict)
 

@@ -216,7 +216,8 @@ class DistributedContext:
             if staged is not buffer:
                 buffer.copy_(staged)
 
-    def check_identical(self, what: str, *values: np.ndarray | torch.Tensor) -> str:
+    def check_identical(self, what: str, *values: np.ndarray | torch.Tensor,
+                        cause: str = "This is a bug in a method's on_clusters (it must be deterministic): please report it") -> str:
         """Checksum of ``values`` (arrays or tensors), compared across ranks; returns it.
 
         The checksum is of the bytes: float sums of equal tensors may differ between processes
@@ -233,8 +234,7 @@ class DistributedContext:
         if len(set(every)) > 1:
             listed = ", ".join(f"rank {rank}: {value}" for rank, value in enumerate(every))
             raise RankMismatchError(
-                f"{what} differ between the processes ({listed}); every rank must hold the same values. "
-                f"This is a bug in a method's on_clusters (it must be deterministic): please report it"
+                f"{what} differ between the processes ({listed}); every rank must hold the same values. {cause}"
             )
         return mine
 

@@ -6,6 +6,8 @@ mean, i.e. zero after normalising). No colour jitter: clothing colour is identit
 
 from __future__ import annotations
 
+from typing import Callable
+
 from torchvision import transforms as T
 
 from ..config import NORMALIZATIONS, DataConfig
@@ -59,3 +61,51 @@ def build_test_transform(config: DataConfig) -> T.Compose:
             _normalize(config.normalization),
         ]
     )
+
+
+class RandomGaussianBlur:
+    """PIL Gaussian blur with a radius drawn uniformly from ``sigma`` (MoCo v2's blur), applied with ``p``."""
+
+    def __init__(self, sigma: tuple[float, float], p: float) -> None:
+        self.sigma, self.p = sigma, p
+
+    def __call__(self, image):
+        import random
+
+        from PIL import ImageFilter
+
+        if random.random() >= self.p:
+            return image
+        return image.filter(ImageFilter.GaussianBlur(radius=random.uniform(*self.sigma)))
+
+
+def build_pretrain_transform(config: DataConfig, pretrain) -> T.Compose:
+    """One augmented view for contrastive pre-training (LUPerson's MoCo v2 recipe, METHODS.md §7):
+    random resized crop, no colour jitter (clothing colour is identity evidence), grayscale, blur,
+    flip, normalise, random erasing filled with 0 up to ``erasing_max_area``. ``pretrain`` is a
+    ``PretrainConfig``."""
+    size = (config.height, config.width)
+    return T.Compose([
+        T.RandomResizedCrop(size, scale=tuple(pretrain.crop_scale), interpolation=_interpolation(config.interpolation)),
+        T.RandomGrayscale(p=pretrain.grayscale_prob),
+        RandomGaussianBlur(tuple(pretrain.blur_sigma), pretrain.blur_prob),
+        T.RandomHorizontalFlip(),
+        T.ToTensor(),
+        _normalize(config.normalization),
+        T.RandomErasing(p=pretrain.erasing_prob, scale=(0.02, pretrain.erasing_max_area), ratio=(0.3, 3.3), value=0),
+    ])
+
+
+class ContrastiveViews:
+    """Image -> ``{"query": view, "key": view}`` (two independent augmentations), plus ``"original"`` (the
+    image only resized and normalised: UP-ReID's x_r) when ``original`` is set. ``ImageDataset`` with this
+    transform yields batches whose ``image`` is that dict."""
+
+    def __init__(self, view: Callable, original: Callable | None = None) -> None:
+        self.view, self.original = view, original
+
+    def __call__(self, image) -> dict:
+        views = {"query": self.view(image), "key": self.view(image)}
+        if self.original is not None:
+            views["original"] = self.original(image)
+        return views

@@ -26,7 +26,6 @@ import dataclasses
 import json
 import sys
 import math
-import random
 import time
 from pathlib import Path
 from typing import Any
@@ -63,7 +62,7 @@ from .epoch_records import epoch_record_path, plot_score_distributions, save_epo
 from ..models.features import extract_features
 from .optim import build_optimizer, build_scheduler
 from .run_log import RunLog
-from .seeding import seed_everything
+from .seeding import rng_state, seed_everything, set_rng_state
 
 
 def check_registered_choices(config: RunConfig) -> None:
@@ -266,7 +265,7 @@ class TrainingLoop:
         optimizer = build_optimizer(model, config.optim)
         # Group 1 holds the method's per-epoch heads (classifiers from centroids), empty between epochs.
         optimizer.add_param_group({"params": [], "name": "heads"})
-        scheduler = build_scheduler(optimizer, config.optim)
+        scheduler = build_scheduler(optimizer, config.optim, self.stage.epochs)
         self.grad_scaler = self.precision.grad_scaler()  # fp16 only; a no-op otherwise
         ctx = AdaptContext(
             config=config,
@@ -301,7 +300,7 @@ class TrainingLoop:
             for add_on in self.add_ons:
                 add_on.load_state_dict(saved.get(add_on.section, {}))
             if rng_states is not None:
-                _set_rng_state(rng_states[dist.rank], self.device)
+                set_rng_state(rng_states[dist.rank], self.device)
             else:
                 dist.seed_rank_streams(config.seed + start_epoch)
                 self.log.info(f"{self.run_dir / 'last.pt'} was written by {len(state['train_state']['rng'])} process(es), "
@@ -522,7 +521,7 @@ class TrainingLoop:
     def _save_last(self, network, optimizer, scheduler, epoch: int, best_map: float) -> None:
         """``last.pt``: the exported model and everything a resumed run needs to continue exactly.
         Rank 0 writes (every rank calls: the random states of all ranks are gathered)."""
-        rng_states = self.dist.all_gather_object(_rng_state(self.device))
+        rng_states = self.dist.all_gather_object(rng_state(self.device))
         if self.dist.is_main:
             model = self._exported(network)
             trained = network.state_dict()
@@ -680,33 +679,6 @@ def _set_head_parameters(optimizer: torch.optim.Optimizer, parameters: list[torc
     for old in group["params"]:
         optimizer.state.pop(old, None)
     group["params"] = list(parameters)
-
-
-def _rng_state(device: torch.device) -> dict[str, Any]:
-    """Python, NumPy and torch generator states as tensors and plain containers (weights_only-safe).
-
-    Of the GPUs only the process's own ``device``: reading another's state would create a context
-    (and allocate memory) on a GPU that belongs to another process."""
-    version, words, gauss = random.getstate()
-    name, keys, pos, has_gauss, cached = np.random.get_state()
-    return {
-        "python": [version, torch.tensor(words, dtype=torch.int64), gauss],
-        "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
-        "torch": torch.get_rng_state(),
-        "cuda": [torch.cuda.get_rng_state(device)] if device.type == "cuda" else [],
-    }
-
-
-def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
-    version, words, gauss = state["python"]
-    random.setstate((version, tuple(words.tolist()), gauss))
-    name, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and device.type == "cuda":
-        # One state (this process's GPU); checkpoints of older versions held one per visible GPU.
-        own = state["cuda"][0] if len(state["cuda"]) == 1 else state["cuda"][device.index or 0]
-        torch.cuda.set_rng_state(own, device)
 
 
 def adapt(config: RunConfig, run_dir: str | Path, **kwargs: Any) -> dict[str, Any]:

@@ -33,9 +33,11 @@ INIT_KINDS: dict[str, str] = {
     "imagenet": "torchvision ImageNet ResNet state dict",
     "lup": "LUPerson weights (plain ResNet state dict or raw MoCo checkpoint); turns on extra_bn",
     "upreid": "UP-ReID-like self-supervised ResNet checkpoint; turns on extra_bn",
+    "moco": "a MoCo-style self-supervised backbone (udareid pretrain's backbone.pth, a raw MoCo checkpoint); "
+            "turns on extra_bn",
 }
 FILE_KIND = "file"  # a bare PATH: a uda_reid run checkpoint or a plain state dict
-EXTRA_BN_KINDS = frozenset({"lup", "upreid"})
+EXTRA_BN_KINDS = frozenset({"lup", "upreid", "moco"})
 
 RUN_CHECKPOINT_FORMAT = "uda_reid"
 RUN_CHECKPOINT_VERSION = 1

@@ -1,0 +1,119 @@
+"""udareid pretrain: a run folder with rows, a backbone that --init moco: reads cleanly, exact resume, DDP."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from click.testing import CliRunner
+from tiny_reid_data import assert_resume_reaches_the_uninterrupted_run, metrics_rows, write_two_domains
+
+from uda_reid.cli import cli
+from uda_reid.config import RunConfig, apply_overrides, find_recipe, load_recipe, save_config
+from uda_reid.engine.pretrain import pretrain
+from uda_reid.models import ReidModel
+from uda_reid.models.checkpoint_import import load_init
+from uda_reid.models.checkpoints import load_checkpoint
+
+TINY_PRETRAIN = {
+    "device": "cpu", "model.arch": "resnet18",
+    "data.height": 32, "data.width": 16, "data.workers": 0, "data.eval_batch_size": 64,
+    "optim.optimizer": "sgd", "optim.lr": 0.01, "optim.nesterov": False, "optim.schedule": "cosine",
+    "optim.warmup_epochs": 0, "optim.milestones": [],
+    "pretrain.datasets": ["market1501", "dukemtmc"], "pretrain.epochs": 2, "pretrain.iters_per_epoch": 2,
+    "pretrain.batch_size": 8, "pretrain.bn_groups": 2, "pretrain.queue_size": 24, "pretrain.dim": 16,
+}
+
+
+def tiny_pretrain_config(**overrides) -> RunConfig:
+    return apply_overrides(RunConfig(), {**TINY_PRETRAIN, **overrides})
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    return write_two_domains(tmp_path_factory.mktemp("data"))
+
+
+def test_pretraining_from_the_cli_gives_a_backbone_that_init_moco_reads_without_a_key_warning(tmp_path, data_root):
+    recipe = tmp_path / "tiny.yaml"
+    save_config(tiny_pretrain_config(**{"pretrain.method": "upreid"}), recipe)
+    out = tmp_path / "run"
+    result = CliRunner().invoke(cli, ["pretrain", "--dataset", "market", "--dataset", "duke", "--recipe", str(recipe),
+                                      "--eval-on", "duke", "--data-root", str(data_root), "--out", str(out), "--quiet"])
+    assert result.exit_code == 0, result.output
+    rows = metrics_rows(out)
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert all({"loss", "global_nce", "patch_nce", "consistency", "lr"} <= set(r) for r in rows)
+    assert rows[1]["lr"] < rows[0]["lr"] and "mAP" in rows[1] and "mAP" not in rows[0]  # cosine; evaluated at the end
+    assert (out / "metrics.png").exists() and f"--init moco:{out / 'backbone.pth'}" in result.output
+
+    model = ReidModel("resnet18")
+    report = load_init(model, f"moco:{out / 'backbone.pth'}")
+    assert report.matched_fraction == 1.0 and not report.missing and not report.unexpected and not report.dropped_heads
+    trained = load_checkpoint(out / "last.pt")["train_state"]["method"]
+    backbone = {k.removeprefix("encoder_q.backbone."): v for k, v in trained.items() if k.startswith("encoder_q.backbone.")}
+    for name, tensor in model.backbone.state_dict().items():
+        if not name.endswith("num_batches_tracked"):  # BN step counters carry no weights: not imported
+            torch.testing.assert_close(tensor, backbone[name])
+    # The frozen backbone's figure is what `udareid evaluate --weights moco:backbone.pth` measures.
+    evaluated = CliRunner().invoke(cli, ["evaluate", "--dataset", "duke", "--weights", f"moco:{out / 'backbone.pth'}",
+                                         "--arch", "resnet18", "--data-root", str(data_root), "--json", "--quiet",
+                                         "--set", "data.height=32", "--set", "data.width=16", "--device", "cpu"])
+    assert evaluated.exit_code == 0, evaluated.output
+    assert json.loads(evaluated.output)["mAP"] == pytest.approx(rows[1]["mAP"], abs=0.01)
+
+
+def test_a_resumed_pretraining_equals_an_uninterrupted_one(tmp_path, data_root, monkeypatch):
+    config = tiny_pretrain_config(**{"pretrain.method": "upreid"})
+    assert_resume_reaches_the_uninterrupted_run(config, tmp_path, data_root, monkeypatch, run=pretrain)
+    queues = [load_checkpoint(tmp_path / name / "last.pt")["train_state"]["method"] for name in ("full", "cut")]
+    assert all(torch.equal(queues[0][k], queues[1][k]) for k in queues[0] if "queue" in k)
+    assert int(queues[0]["queue.pointer"]) == (2 * 2 * 8) % 24
+
+
+def test_the_paper_recipes_hold_the_published_settings():
+    moco, upreid = (load_recipe(find_recipe(name)) for name in ("moco_luperson", "upreid_luperson"))
+    assert (moco.pretrain.queue_size, moco.pretrain.key_momentum, moco.pretrain.temperature, moco.pretrain.dim) == \
+        (65536, 0.999, 0.1, 128)
+    assert (moco.optim.optimizer, moco.optim.lr, moco.optim.momentum, moco.optim.nesterov, moco.optim.weight_decay,
+            moco.optim.schedule, moco.optim.warmup_epochs) == ("sgd", 0.3, 0.9, False, 1e-4, "cosine", 0)
+    assert (moco.pretrain.batch_size, moco.pretrain.epochs, moco.data.height, moco.data.width) == (2560, 200, 256, 128)
+    assert moco.data.normalization == "lup_pretrain" and moco.pretrain.crop_scale == [0.2, 1.0]
+    assert (upreid.pretrain.method, upreid.pretrain.batch_size, upreid.optim.lr) == ("upreid", 800, 0.1)
+    assert (upreid.pretrain.global_weight, upreid.pretrain.patch_weight, upreid.pretrain.stripes,
+            upreid.pretrain.columns, upreid.pretrain.patch_temperature) == (0.8, 0.2, 4, 2, 0.1)
+
+
+def test_pretrain_names_what_is_wrong_in_one_line(tmp_path, data_root):
+    neither = CliRunner().invoke(cli, ["pretrain", "--out", str(tmp_path / "x")])
+    assert neither.exit_code == 1 and "needs --images DIR or --dataset NAME" in neither.output
+    recipe = tmp_path / "big.yaml"
+    save_config(tiny_pretrain_config(**{"pretrain.batch_size": 512, "pretrain.bn_groups": 2}), recipe)
+    too_few = CliRunner().invoke(cli, ["pretrain", "--dataset", "duke", "--recipe", str(recipe), "--data-root",
+                                       str(data_root), "--out", str(tmp_path / "y"), "--quiet"])
+    assert too_few.exit_code == 1 and "fewer than one batch (pretrain.batch_size 512)" in too_few.output
+    contradiction = CliRunner().invoke(cli, ["pretrain", "--dataset", "duke", "--recipe", "upreid_synthetic",
+                                             "--method", "moco", "--out", str(tmp_path / "z")])
+    assert contradiction.exit_code == 1 and "--method moco contradicts --recipe upreid_synthetic" in contradiction.output
+
+
+@pytest.mark.slow
+def test_two_process_pretraining_keeps_weights_and_queues_identical(tmp_path, data_root):
+    config = tiny_pretrain_config(**{"pretrain.method": "upreid"})
+    recipe = tmp_path / "tiny.yaml"
+    save_config(config, recipe)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "uda_reid.cli",
+               "pretrain", "--dataset", "market", "--dataset", "duke", "--recipe", str(recipe),
+               "--data-root", str(data_root), "--out", str(tmp_path / "two"), "--quiet"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, f"torchrun failed:\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
+    log = (tmp_path / "two" / "log.txt").read_text()
+    assert "epoch 2: weights and queue identical on all 2 processes" in log
+    state = load_checkpoint(tmp_path / "two" / "last.pt")["train_state"]
+    assert len(state["rng"]) == 2
+    # Every process enqueued the keys of the whole global batch: 2 epochs × 2 steps × 8 keys.
+    assert int(state["method"]["queue.pointer"]) == (2 * 2 * 8) % 24
+    assert int(state["method"]["patch_queues.7.pointer"]) == (2 * 2 * 8) % 24
+    assert [r["epoch"] for r in metrics_rows(tmp_path / "two")] == [1, 2]
