@@ -40,4 +40,4 @@ def test_evaluation_benchmark_with_re_ranking_gives_identical_figures_both_ways(
 
 def test_bench_lists_every_benchmark_script():
     result = CliRunner().invoke(cli, ["bench", "--help"])
-    assert all(name in result.output for name in ("clustering", "evaluation", "synthetic", "throughput"))
+    assert all(name in result.output for name in ("clustering", "evaluation", "synthetic", "throughput", "pretraining"))

@@ -552,7 +552,8 @@ def search(weights, query, gallery, dataset, top, out, arch, data_root, device, 
     click.echo(f"{len(query_samples)} queries searched in {len(gallery_samples)} gallery images -> "
                f"{out / 'ranked_lists.json'} and {len(query_samples)} pictures")
     if result["first_match_same_id"] is not None:
-        click.echo(f"first match has the query's identity for {100 * result['first_match_same_id']:.1f}% of the queries")
+        click.echo(f"first match has the query's identity for {100 * result['first_match_same_id']:.1f}% of the queries "
+                   f"(the protocol's Rank-1: same-identity images of the query's own camera were left out)")
 
 
 # --------------------------------------------------------------------------- export
@@ -711,7 +712,8 @@ class _BenchmarkGroup(click.Group):
     scripts = {"clustering": ("clustering_stage.py", "clustering_bench"),
                "throughput": ("training_throughput.py", "main"),
                "evaluation": ("evaluation_memory.py", "main"),
-               "synthetic": ("synthetic_uda.py", "main")}
+               "synthetic": ("synthetic_uda.py", "main"),
+               "pretraining": ("pretraining.py", "main")}
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(self.scripts)

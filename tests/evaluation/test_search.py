@@ -42,6 +42,18 @@ def test_equal_distances_keep_gallery_order_and_the_query_image_is_left_out():
     assert rows[0][2] not in (0, 2, 4) and distances[0][2] > 0.01
 
 
+def test_the_protocols_junk_is_left_out_same_identity_and_same_camera():
+    query, gallery = unit_rows(5, 16, 5), unit_rows(40, 16, 6)
+    rng = np.random.default_rng(0)
+    q_pids, q_cams = rng.integers(0, 4, 5), rng.integers(0, 3, 5)
+    g_pids, g_cams = rng.integers(0, 4, 40), rng.integers(0, 3, 40)
+    full = 2 - 2 * query @ gallery.T
+    full[(q_pids[:, None] == g_pids[None]) & (q_cams[:, None] == g_cams[None])] = np.inf
+    expected = np.argsort(full, axis=1, kind="stable")[:, :6]
+    rows, _ = nearest_gallery(query, gallery, 6, same_camera_ids=(q_pids, q_cams, g_pids, g_cams), block_rows=7)
+    np.testing.assert_array_equal(rows, expected)
+
+
 def test_a_gallery_smaller_than_top_leaves_empty_places():
     rows, distances = nearest_gallery(unit_rows(2, 8, 3), unit_rows(3, 8, 4), 5, skip_rows=np.array([-1, 1]))
     assert (rows[0][:3] >= 0).all() and (rows[0][3:] == -1).all()
@@ -125,6 +137,11 @@ def test_a_labelled_dataset_colours_matches_by_identity_and_reports_the_first_ma
     assert flags == [[by_path[m["path"]].pid == entry["pid"] for m in entry["matches"]] for entry in saved["ranked_lists"]]
     assert saved["first_match_same_id"] == pytest.approx(np.mean([f[0] for f in flags]))
     assert f"{100 * saved['first_match_same_id']:.1f}%" in result.output
+    for entry in saved["ranked_lists"]:  # the protocol's junk is not listed
+        assert not any(by_path[m["path"]].pid == entry["pid"] and m["camid"] == entry["camid"] for m in entry["matches"])
+    evaluated = CliRunner().invoke(cli, ["evaluate", "--dataset", "duke", "--weights", str(weights), "--data-root",
+                                         str(data_root), "--json", "--device", "cpu", "--quiet"])
+    assert 100 * saved["first_match_same_id"] == pytest.approx(json.loads(evaluated.output)["rank1"])
 
 
 def test_search_names_what_is_wrong_in_one_line(tmp_path, tiny_model):

@@ -30,13 +30,16 @@ def nearest_gallery(
     top: int,
     *,
     skip_rows: np.ndarray | None = None,
+    same_camera_ids: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None,
     block_rows: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Each query's ``top`` nearest gallery rows: (Q×top row indices, Q×top distances), nearest first.
 
     The distance is the squared Euclidean distance of L2-normalised features (2 − 2·cosine), the one
     evaluation ranks by; equal distances keep gallery order. ``skip_rows[i]`` (−1 = none) is a gallery
-    row left out of query ``i``'s list (the query's own image when it is also in the gallery). Where a
+    row left out of query ``i``'s list (the query's own image when it is also in the gallery).
+    ``same_camera_ids`` = (query pids, query cameras, gallery pids, gallery cameras) leaves out, as the
+    evaluation protocol does, gallery images of the query's identity taken by the query's camera. Where a
     query has fewer than ``top`` candidates, the missing places hold row −1 and distance ``inf``.
     """
     if top < 1:
@@ -45,6 +48,8 @@ def nearest_gallery(
     num_queries, num_gallery = len(query), len(gallery)
     block_rows = block_rows or max(1, BLOCK_ENTRIES // max(1, num_queries))
     skip = None if skip_rows is None else torch.as_tensor(np.asarray(skip_rows, dtype=np.int64)).unsqueeze(1)
+    if same_camera_ids is not None:
+        q_pids, q_cams, g_pids, g_cams = (torch.as_tensor(np.asarray(a, dtype=np.int64)) for a in same_camera_ids)
     best_distances = torch.empty(num_queries, 0)
     best_rows = torch.empty(num_queries, 0, dtype=torch.long)
     for start in range(0, num_gallery, block_rows):
@@ -53,6 +58,10 @@ def nearest_gallery(
         rows = torch.arange(start, start + len(block)).expand(num_queries, -1)
         if skip is not None:
             distances = distances.masked_fill(rows == skip, float("inf"))
+        if same_camera_ids is not None:
+            junk = (q_pids[:, None] == g_pids[None, start : start + len(block)]) & \
+                   (q_cams[:, None] == g_cams[None, start : start + len(block)])
+            distances = distances.masked_fill(junk, float("inf"))
         # The kept rows precede the block's and both are in gallery order, so a stable sort keeps
         # equal distances in gallery order.
         distances = torch.cat([best_distances, distances], dim=1)
@@ -86,13 +95,20 @@ def write_ranked_lists(
 ) -> dict:
     """Rank the gallery for every query and write ``ranked_lists.json`` and one picture per query.
 
-    A query's own file is left out of its list. ``about`` (weights, sources) heads the JSON. Returns
-    the JSON's content; when every query and gallery identity is known it includes the share of
-    queries whose first match has the query's identity.
+    A query's own file is left out of its list. When every query and gallery identity is known (a
+    labelled dataset), gallery images of the query's identity from the query's camera are left out
+    too, as the evaluation protocol (and torchreid's visrank) does, so the share of queries whose
+    first match has their identity, included in the result, is the protocol's Rank-1. ``about``
+    (weights, sources) heads the JSON. Returns the JSON's content.
     """
     out_dir = Path(out_dir)
-    rows, distances = nearest_gallery(query_features, gallery_features, top, skip_rows=own_image_rows(query, gallery))
     ids_known = all(s.pid >= 0 for s in query) and all(s.pid >= 0 for s in gallery)
+    same_camera_ids = None
+    if ids_known:
+        same_camera_ids = (np.array([s.pid for s in query]), np.array([s.camid for s in query]),
+                           np.array([s.pid for s in gallery]), np.array([s.camid for s in gallery]))
+    rows, distances = nearest_gallery(query_features, gallery_features, top, skip_rows=own_image_rows(query, gallery),
+                                      same_camera_ids=same_camera_ids)
     lists = []
     for number, (sample, kept_rows, kept_distances) in enumerate(
         tqdm(list(zip(query, rows, distances)), desc="ranked lists", disable=not progress, leave=False), start=1
@@ -110,6 +126,8 @@ def write_ranked_lists(
         **(about or {}),
         "top": top,
         "distance": "squared Euclidean distance of L2-normalised features (2 - 2 cosine), nearest first",
+        "left_out": ("the query's own file; gallery images of the query's identity from the query's camera "
+                     "(evaluation protocol)") if ids_known else "the query's own file",
         "num_queries": len(query), "num_gallery": len(gallery),
         "first_match_same_id": (sum(bool(entry["matches"]) and entry["matches"][0]["same_id"] for entry in lists)
                                 / len(lists) if ids_known and lists else None),
