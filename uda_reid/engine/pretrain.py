@@ -123,7 +123,7 @@ class PretrainRun:
         iterations = options.iters_per_epoch or len(samples) // options.batch_size
         self._say(f"pre-training: {options.method}, {config.model.arch}, {len(samples)} images of "
                   f"{', '.join(options.datasets)}, {options.epochs} epochs of {iterations} batches of "
-                  f"{options.batch_size}, queue {options.queue_size}, BN over {options.bn_groups} groups per process"
+                  f"{options.batch_size}, queue {options.queue_size}, BN over {options.bn_groups} groups of the batch"
                   + ("" if self.precision.dtype is None else f", backbone in {self.precision.name}"))
         start_epoch = 0
         if state is not None:
