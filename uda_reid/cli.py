@@ -188,7 +188,7 @@ def _run_on_every_process(run, config: RunConfig, out: Path, *, data_root, resum
 @click.option("--recipe", default=None, help="Recipe file or name in recipes/ (default: supervised_<dataset> if it exists, else supervised).")
 @_data_root_option
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None, help="Run folder (default: runs/train_<dataset>).")
-@click.option("--init", default=None, help="Initial weights: imagenet (torchvision's, downloaded once into the torch cache), imagenet:PATH, lup:PATH, upreid:PATH or a uda_reid checkpoint.")
+@click.option("--init", default=None, help="Initial weights: imagenet (torchvision's, downloaded once into the torch cache), imagenet:PATH, lup:PATH, upreid:PATH, moco:PATH (udareid pretrain's backbone.pth) or a uda_reid checkpoint.")
 @click.option("--arch", default=None, help="Backbone (resnet18, resnet34, resnet50, resnet101).")
 @click.option("--epochs", type=click.IntRange(min=0), default=None, help="Training epochs (train.epochs; default: the recipe's).")
 @click.option("--eval-on", "eval_on", multiple=True, help="Also evaluate the final model on this dataset (repeatable).")
@@ -226,7 +226,7 @@ def _adaptation_options(f):
         click.option("--recipe", default=None, help="Recipe file or name in recipes/ (default: chosen from method and datasets)."),
         _data_root_option,
         click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None, help="Run folder (default: runs/<method>_<datasets>)."),
-        click.option("--init", default=None, help="Initial weights: imagenet (torchvision's, downloaded once into the torch cache), imagenet:PATH, lup:PATH, upreid:PATH or a uda_reid checkpoint."),
+        click.option("--init", default=None, help="Initial weights: imagenet (torchvision's, downloaded once into the torch cache), imagenet:PATH, lup:PATH, upreid:PATH, moco:PATH (udareid pretrain's backbone.pth) or a uda_reid checkpoint."),
         click.option("--arch", default=None, help="Backbone (resnet18, resnet34, resnet50, resnet101)."),
         click.option("--clusterer", type=click.Choice(["dbscan", "hdbscan", "kmeans"]), default=None, help="Clustering of the Jaccard distance (clustering.clusterer; default: the recipe's)."),
         click.option("--gds", is_flag=True, default=None, help="Add the GDS term (global distance-distribution separation) to the method's losses."),
@@ -355,7 +355,7 @@ def _trained_model_options(f):
     f = click.option("--arch", default="resnet50", show_default=True,
                      help="Backbone, for weights that are not a uda_reid checkpoint.")(f)
     return click.option("--weights", required=True, help="A uda_reid checkpoint (best.pt / last.pt), or imagenet / "
-                        "imagenet:PATH / lup:PATH / upreid:PATH with --arch.")(f)
+                        "imagenet:PATH / lup:PATH / upreid:PATH / moco:PATH with --arch.")(f)
 
 
 def _trained_model(weights: str, arch: str, set_options: tuple[str, ...], device: str | None, precision: str | None,
@@ -558,7 +558,7 @@ def search(weights, query, gallery, dataset, top, out, arch, data_root, device, 
 
 # --------------------------------------------------------------------------- export
 @cli.command()
-@click.option("--weights", required=True, help="A uda_reid checkpoint (best.pt / last.pt), or imagenet / imagenet:PATH / lup:PATH / upreid:PATH with --arch.")
+@click.option("--weights", required=True, help="A uda_reid checkpoint (best.pt / last.pt), or imagenet / imagenet:PATH / lup:PATH / upreid:PATH / moco:PATH with --arch.")
 @click.option("--format", "fmt", required=True, type=click.Choice(["torchscript", "pt2", "onnx"]),
               help="torchscript (torch.jit.load, also C++), pt2 (torch.export.load) or onnx (onnxruntime, TensorRT, "
                    "OpenVINO; needs pip install 'uda_reid[onnx]').")

@@ -36,6 +36,7 @@ from ..distributed import DistributedContext, bn_groups_per_process, init_distri
 from ..errors import ConfigError, TrainingDivergedError
 from ..evaluation.protocol import evaluate_model
 from ..fileio import atomic_path, atomic_write_text, remove_stale_temporaries
+from ..models.checkpoint_import import PRETRAIN_STAGE
 from ..models.checkpoints import load_checkpoint, save_checkpoint
 from ..models.factory import build_model
 from ..precision import resolve_precision
@@ -239,7 +240,7 @@ class PretrainRun:
         rng_states = self.dist.all_gather_object(rng_state(self.device))
         if self.dist.is_main:
             save_checkpoint(self.run_dir / "last.pt", self.config, epoch, model=method.backbone_state(),
-                            num_classes=0, best_mAP=-1.0,
+                            num_classes=0, best_mAP=-1.0, stage=PRETRAIN_STAGE,
                             train_state={"method": method.state_dict(), "optimizer": optimizer.state_dict(),
                                          "scheduler": scheduler.state_dict(), "grad_scaler": grad_scaler.state_dict(),
                                          "rng": rng_states})

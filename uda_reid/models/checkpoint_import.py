@@ -41,6 +41,7 @@ EXTRA_BN_KINDS = frozenset({"lup", "upreid", "moco"})
 
 RUN_CHECKPOINT_FORMAT = "uda_reid"
 RUN_CHECKPOINT_VERSION = 1
+PRETRAIN_STAGE = "pretrain"  # a run checkpoint whose ``model`` is a pre-trained backbone (torchvision names)
 
 MIN_MATCHED_FRACTION = 0.9
 WRAPPER_KEYS = ("state_dict", "model", "state_dict_ema", "model_ema")
@@ -328,6 +329,8 @@ def load_init(model: ReidModel, spec: str) -> ImportReport:
                 f"version {RUN_CHECKPOINT_VERSION} or older (upgrade uda_reid)"
             )
     state = _drop_counters(_unwrap_state_dict(content, path))
+    if is_run_checkpoint and content.get("stage") == PRETRAIN_STAGE:  # udareid pretrain's last.pt: a bare backbone
+        is_run_checkpoint = False
 
     if is_run_checkpoint or _looks_like_reid_model_state(state):
         target_module: nn.Module = model

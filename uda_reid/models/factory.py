@@ -9,7 +9,7 @@ from ..config import ModelConfig, RunConfig, config_from_dict
 from ..errors import CheckpointError
 from ..fileio import safe_torch_load
 from .checkpoints import is_run_checkpoint, load_checkpoint
-from .checkpoint_import import ImportReport, load_init, lup_uses_extra_bn
+from .checkpoint_import import PRETRAIN_STAGE, ImportReport, load_init, lup_uses_extra_bn
 from .reid_model import ReidModel
 
 
@@ -44,6 +44,9 @@ def model_from_weights(weights: str, arch: str = "resnet50") -> tuple[ReidModel,
     if Path(weights).is_file() and is_run_checkpoint(safe_torch_load(weights)):
         payload = load_checkpoint(weights)
         config = config_from_dict(payload["config"])
+        if payload.get("stage") == PRETRAIN_STAGE:  # a pre-training run: its backbone, as --init moco: reads it
+            model, _ = build_model(dataclasses.replace(config.model, init=f"moco:{weights}", extra_bn=True))
+            return model, config
         # The checkpoint's own weights replace the initialisation; keep the architecture it implied.
         model_config = dataclasses.replace(config.model, init=None, extra_bn=resolve_extra_bn(config.model))
         model, _ = build_model(model_config, num_classes=int(payload.get("num_classes", 0)))
