@@ -125,3 +125,24 @@ def test_two_process_pretraining_keeps_weights_and_queues_identical(tmp_path, da
     assert int(state["method"]["queue.pointer"]) == (2 * 2 * 8) % 24
     assert int(state["method"]["patch_queues.7.pointer"]) == (2 * 2 * 8) % 24
     assert [r["epoch"] for r in metrics_rows(tmp_path / "two")] == [1, 2]
+
+
+def test_bf16_pretraining_runs_the_backbone_in_bf16_and_keeps_float32_weights(tmp_path, data_root, monkeypatch):
+    from uda_reid.models.projection_encoder import ProjectionEncoder
+
+    seen = []
+    forward = ProjectionEncoder.forward
+
+    def recording(self, images):
+        seen.append(self.compute_dtype)
+        return forward(self, images)
+
+    monkeypatch.setattr(ProjectionEncoder, "forward", recording)
+    config = tiny_pretrain_config(**{"precision": "bf16", "pretrain.epochs": 1, "pretrain.iters_per_epoch": 1})
+    pretrain(config, tmp_path / "bf16", data_root=data_root, progress=False)
+    assert seen and set(seen) == {torch.bfloat16}
+    state = torch.load(tmp_path / "bf16" / "backbone.pth", weights_only=True)
+    assert all(t.dtype in (torch.float32, torch.int64) for t in state.values())
+    assert all(v == v for v in metrics_rows(tmp_path / "bf16")[0].values() if isinstance(v, float))  # no NaN
+    # upreid: reads the same file as moco: does
+    assert load_init(ReidModel("resnet18"), f"upreid:{tmp_path / 'bf16' / 'backbone.pth'}").matched_fraction == 1.0
