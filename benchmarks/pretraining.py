@@ -69,7 +69,8 @@ def _backbone(arm: str, seed: int, out: Path, settings: dict, data_root, reuse: 
 @click.option("--usl-epochs", type=int, default=None, help="Epochs of the USL runs (default: the recipe's 10).")
 @click.option("--reuse", is_flag=True, help="Keep pre-training and USL runs already finished in --out.")
 @click.option("--device", default="auto", show_default=True, help="auto (cuda when available, else cpu), cpu, cuda or cuda:N.")
-@click.option("--precision", type=click.Choice(list(PRECISIONS)), default="fp32", show_default=True)
+@click.option("--precision", type=click.Choice(list(PRECISIONS)), default="fp32", show_default=True,
+              help="Backbone arithmetic of the pre-training and of every USL run.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def main(data_root, out, seeds, pretrain_seed, arms, set_options, usl_epochs, reuse, device, precision, quiet) -> None:
     arm_list = [arm.strip() for arm in arms.split(",") if arm.strip()]

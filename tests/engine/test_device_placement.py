@@ -10,7 +10,7 @@ import torch.distributed as dist
 
 from uda_reid import distributed
 from uda_reid.clustering import knn as knn_module
-from uda_reid.engine import loop
+from uda_reid.engine import seeding
 
 
 @pytest.fixture
@@ -80,17 +80,17 @@ def test_a_checkpoint_holds_the_random_state_of_the_process_gpu_only(monkeypatch
     read = []
     monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device: read.append(device) or torch.zeros(8, dtype=torch.uint8))
     monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: pytest.fail("read the state of every GPU"))
-    state = loop._rng_state(torch.device("cuda", 1))
+    state = seeding.rng_state(torch.device("cuda", 1))
     assert read == [torch.device("cuda", 1)] and len(state["cuda"]) == 1
-    assert loop._rng_state(torch.device("cpu"))["cuda"] == []
+    assert seeding.rng_state(torch.device("cpu"))["cuda"] == []
 
 
 def test_restoring_sets_only_the_process_gpu_also_from_an_older_all_gpu_checkpoint(monkeypatch):
     written = []
     monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device: written.append((int(state[0]), device)))
     monkeypatch.setattr(torch.cuda, "set_rng_state_all", lambda states: pytest.fail("set the state of every GPU"))
-    state = loop._rng_state(torch.device("cpu"))
+    state = seeding.rng_state(torch.device("cpu"))
     gpu1 = torch.device("cuda", 1)
-    loop._set_rng_state({**state, "cuda": [torch.full((8,), 7, dtype=torch.uint8)]}, gpu1)
-    loop._set_rng_state({**state, "cuda": [torch.full((8,), v, dtype=torch.uint8) for v in (3, 4)]}, gpu1)
+    seeding.set_rng_state({**state, "cuda": [torch.full((8,), 7, dtype=torch.uint8)]}, gpu1)
+    seeding.set_rng_state({**state, "cuda": [torch.full((8,), v, dtype=torch.uint8) for v in (3, 4)]}, gpu1)
     assert written == [(7, gpu1), (4, gpu1)]

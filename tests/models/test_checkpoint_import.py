@@ -347,18 +347,18 @@ def test_parse_init_spec_kinds_and_paths(tmp_path: Path) -> None:
     odd_name = tmp_path / "run:3.pth"
     odd_name.write_bytes(b"")
     assert parse_init_spec(str(odd_name)) == ("file", odd_name)
-    assert lup_uses_extra_bn("lup:/w/lup.pth") and lup_uses_extra_bn("upreid:/w/u.pth")
+    assert lup_uses_extra_bn("lup:/w/lup.pth") and lup_uses_extra_bn("upreid:/w/u.pth") and lup_uses_extra_bn("moco:/w/b.pth")
     assert not lup_uses_extra_bn("imagenet:/w/r50.pth") and not lup_uses_extra_bn("/runs/x.pth")
 
 
-@pytest.mark.parametrize("spec", ["moco:/w/lup.pth", "lup:", ""])
+@pytest.mark.parametrize("spec", ["simclr:/w/lup.pth", "lup:", ""])
 def test_bad_init_specs_are_config_errors_listing_the_kinds(spec: str) -> None:
     with pytest.raises(ConfigError) as error:
         parse_init_spec(spec)
     message = str(error.value)
-    if spec.startswith("moco"):
-        assert "unknown --init kind 'moco'" in message
-        assert all(kind in message for kind in ("imagenet:PATH", "lup:PATH", "upreid:PATH"))
+    if spec.startswith("simclr"):
+        assert "unknown --init kind 'simclr'" in message
+        assert all(kind in message for kind in ("imagenet:PATH", "lup:PATH", "upreid:PATH", "moco:PATH"))
     else:
         assert "--init" in message
 
