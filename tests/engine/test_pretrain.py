@@ -105,6 +105,10 @@ def test_pretrain_names_what_is_wrong_in_one_line(tmp_path, data_root):
     contradiction = CliRunner().invoke(cli, ["pretrain", "--dataset", "duke", "--recipe", "upreid_synthetic",
                                              "--method", "moco", "--out", str(tmp_path / "z")])
     assert contradiction.exit_code == 1 and "--method moco contradicts --recipe upreid_synthetic" in contradiction.output
+    typo = CliRunner().invoke(cli, ["pretrain", "--dataset", "duke", "--recipe", str(recipe), "--set", "pretrain.mmd=cubic",
+                                    "--data-root", str(data_root), "--out", str(tmp_path / "w")])
+    assert typo.exit_code == 1 and "pretrain.mmd: unknown estimator 'cubic'" in typo.output
+    assert not (tmp_path / "w").exists()  # refused before the run folder is made
 
 
 @pytest.mark.slow

@@ -35,6 +35,7 @@ from ..device import loader_workers
 from ..distributed import DistributedContext, bn_groups_per_process, init_distributed
 from ..errors import ConfigError, TrainingDivergedError
 from ..evaluation.protocol import evaluate_model
+from ..losses.contrastive import MMD_ESTIMATORS
 from ..fileio import atomic_path, atomic_write_text, remove_stale_temporaries
 from ..models.checkpoint_import import PRETRAIN_STAGE
 from ..models.checkpoints import load_checkpoint, save_checkpoint
@@ -90,7 +91,9 @@ class PretrainRun:
         self.progress = progress and self.dist.is_main
         self.device = self.dist.device
         self.precision = resolve_precision(config.precision, self.device)
-        PRETRAINERS.get(self.options.method)  # an unknown method is named before any work
+        PRETRAINERS.get(self.options.method)  # an unknown method or estimator is named before any work
+        if self.options.mmd not in MMD_ESTIMATORS:
+            raise ConfigError(f"pretrain.mmd: unknown estimator {self.options.mmd!r}; known: {', '.join(MMD_ESTIMATORS)}")
         self.local_batch, self.local_groups = check_pretrain_batch(config, self.dist.world_size)
         if self.dist.is_main:
             remove_stale_temporaries(self.run_dir)
