@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from uda_reid.clustering.cluster import CLUSTERERS, make_clusterer
-from uda_reid.clustering.inputs import l2_normalised
+from uda_reid.clustering.inputs import unit_features
 from uda_reid.clustering.jaccard import jaccard_from_neighbors, to_dense
 from uda_reid.clustering.knn import KNN_BACKENDS, knn_search, numba_threads, resolve_backend
 from uda_reid.errors import ConfigError, UdaReidError
@@ -205,7 +205,8 @@ def run_benchmark(
     else:
         features, _ = synthetic_features(n, dim, seed=seed, **(generator or {}))
         report["features"] = {"synthetic": generator or {}}
-    unit = l2_normalised(features)
+    checked = unit_features(features)  # checked and normalised once, as cluster_stage does
+    unit = checked.tensor
     del features
     n, dim = unit.shape
     model = make_clusterer(clusterer)
@@ -226,16 +227,16 @@ def run_benchmark(
         knn_search(warm, warm_k1, knn=backend, **knn_options)
     peak_reset = _reset_peak_rss()
     start = time.perf_counter()
-    lists = knn_search(unit, k1, knn=backend, **knn_options)
+    lists = knn_search(checked, k1, knn=backend, **knn_options)
     knn_seconds = time.perf_counter() - start
     report["knn_product"] = lists.product
     report["rechecked_rows"] = lists.rechecked_rows  # bf16: rows whose candidate margin had to be widened
     start = time.perf_counter()
-    distance = jaccard_from_neighbors(unit, lists.indices, k1, k2, max_distance=limit)
+    distance = jaccard_from_neighbors(checked, lists.indices, k1, k2, max_distance=limit)
     jaccard_seconds = time.perf_counter() - start
     peak_before_clustering = _peak_rss_gib()
     start = time.perf_counter()
-    labels = model.fit_predict(distance if model.input_kind == "distance" else unit)
+    labels = model.fit_predict(distance) if model.input_kind == "distance" else model.fit_predict_features(checked)
     cluster_seconds = time.perf_counter() - start
     report["seconds"] = {
         "knn": round(knn_seconds, 3),
@@ -283,12 +284,13 @@ def run_benchmark(
         del dense, ours
     if compare_float32 and backend == "torch" and lists.product != "float32":
         start = time.perf_counter()
-        exact = knn_search(unit, k1, knn=backend, product="float32")
+        exact = knn_search(checked, k1, knn=backend, product="float32")
         exact_knn_seconds = time.perf_counter() - start
         start = time.perf_counter()
-        exact_distance = jaccard_from_neighbors(unit, exact.indices, k1, k2, max_distance=limit)
+        exact_distance = jaccard_from_neighbors(checked, exact.indices, k1, k2, max_distance=limit)
         exact_jaccard_seconds = time.perf_counter() - start
-        exact_labels = model.fit_predict(exact_distance if model.input_kind == "distance" else unit)
+        exact_labels = (model.fit_predict(exact_distance) if model.input_kind == "distance"
+                        else model.fit_predict_features(checked))
         report["float32_product"] = {
             "seconds": {"knn": round(exact_knn_seconds, 3), "jaccard": round(exact_jaccard_seconds, 3),
                         "knn_plus_jaccard": round(exact_knn_seconds + exact_jaccard_seconds, 3)},

@@ -1,6 +1,6 @@
 """Slow dense reference of the k-reciprocal Jaccard distance and re-ranking (benchmarks/tests only).
 
-A direct transcription of the published algorithm (METHODS.md §1; Zhong et al. CVPR 2017 and the
+A direct transcription of the published algorithm (docs/methods.md §1; Zhong et al. CVPR 2017 and the
 variant SpCL / cluster-contrast / PPLR / CAP cluster with), written for clarity: dense N×N arrays,
 Python loops over samples, set operations on plain index lists. It is the independent brute force
 the tests compare :mod:`uda_reid.clustering.jaccard` against, and what ``--reference`` times in the

@@ -70,9 +70,8 @@ def _setup(size: str, precision: str, device: torch.device, paper_batch: int):
     config = apply_overrides(load_recipe(find_recipe(recipe)), overrides)
     resolved = resolve_precision(config.precision, device)
     method = build_method(config)
-    model, _ = build_model(config.model)
+    model, _ = build_model(config.model, compute_dtype=resolved.dtype)
     model = method.prepare_model(model)
-    model.compute_dtype = resolved.dtype
     model.to(device).train()
     targets = [Sample(f"t{i}.jpg", -1, i % 6) for i in range(target_images)]
     sources = [Sample(f"s{i}.jpg", i % source_classes, i % 6) for i in range(source_classes * 4)]

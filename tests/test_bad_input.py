@@ -46,8 +46,8 @@ def assert_one_line_error(result, *culprits: str) -> None:
     ("data.height=0", "--set data.height=0: data.height must be >= 1"),
     ("clustering.eps=-1", "--set clustering.eps=-1: clustering.eps must be in (0, 1)"),
     ("clustering.eps=2", "--set clustering.eps=2: clustering.eps must be in (0, 1)"),
-    ("clustering.clusterer=optics", "clustering.clusterer: unknown value 'optics'; choose one of: dbscan, hdbscan, kmeans"),
-    ("clustering.knn=fast", "clustering.knn: unknown value 'fast'; choose one of: auto,"),
+    ("clustering.clusterer=optics", "--set clustering.clusterer=optics: clustering.clusterer must be one of dbscan, "),
+    ("clustering.knn=fast", "--set clustering.knn=fast: clustering.knn must be one of auto, "),
     ("camera_proxies.mode=both", "camera_proxies.mode must be one of off, cap, pplr"),
 ])
 @pytest.mark.parametrize("method", ["spcl", "baseline"])
@@ -129,10 +129,14 @@ def test_help_answers_without_importing_torch():
     subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
 
 
-def test_every_option_has_help_and_method_help_lists_every_method():
+def test_every_option_has_help_and_the_registry_options_offer_what_is_registered():
     import click
 
+    from uda_reid.addons import ADD_ONS
+    from uda_reid.clustering import CLUSTERERS
+    from uda_reid.cli.registered import pretraining_methods
     from uda_reid.methods import METHODS
+    from uda_reid.models.backbones import BACKBONES
 
     ctx = click.Context(cli)
     missing = []
@@ -143,5 +147,14 @@ def test_every_option_has_help_and_method_help_lists_every_method():
         for label, sub in commands:
             missing += [f"{label} {p.opts[0]}" for p in sub.params if isinstance(p, click.Option) and not p.help]
     assert not missing, f"options without help: {missing}"
-    method_help = next(p.help for p in cli.get_command(ctx, "adapt").params if p.name == "method")
-    assert all(name in method_help for name in METHODS.names() if name != "supervised")
+    for command in ("adapt", "usl"):
+        options = {p.name: p for p in cli.get_command(ctx, command).params}
+        clustering = [name for name in METHODS.names() if METHODS.get(name).clusters]
+        assert list(options["method"].type.choices) == clustering
+        assert all(f"{name}: " in options["method"].help for name in clustering)
+        assert list(options["clusterer"].type.choices) == CLUSTERERS.names()
+        assert all(name in options["arch"].help for name in BACKBONES.names())
+        flags = [flag for add_on in ADD_ONS.names() for flag in ADD_ONS.get(add_on).flags]
+        assert flags and all(any(flag.name in p.opts for p in options.values()) for flag in flags)
+    pretrain_method = next(p for p in cli.get_command(ctx, "pretrain").params if p.name == "method")
+    assert list(pretrain_method.type.choices) == pretraining_methods().names()

@@ -142,9 +142,15 @@ def test_adapt_and_usl_commands_run_and_save_the_resolved_config(tmp_path, comma
     assert again.exit_code == 1 and "pass --resume" in again.output
 
 
-def test_adapt_unknown_method_lists_known_ones(tmp_path):
+def test_adapt_unknown_method_is_one_line_naming_every_registered_method_that_clusters(tmp_path):
+    from uda_reid.methods import METHODS
+
     result = CliRunner().invoke(cli, ["adapt", "--source", "market", "--target", "duke", "--method", "mmt", "--out", str(tmp_path / "r")])
-    assert result.exit_code == 1 and "unknown method 'mmt' for --method; known: baseline, cap, cluster_contrast, pplr, spcl" in result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert result.exit_code != 0 and len(errors) == 1 and "'--method': 'mmt' is not one of" in errors[0], result.output
+    clustering = [name for name in METHODS.names() if METHODS.get(name).clusters]
+    assert clustering and all(f"'{name}'" in errors[0] for name in clustering)
+    assert not (tmp_path / "r").exists()
 
 
 def test_evaluate_rerank_uses_k_reciprocal_re_ranking(tmp_path, market_root, monkeypatch):
@@ -272,7 +278,7 @@ def test_camera_proxies_on_cap_itself_are_named(tmp_path):
     result = CliRunner().invoke(cli, ["usl", "--dataset", "duke", "--method", "cap", "--camera-proxies", "cap",
                                       "--out", str(tmp_path / "r")])
     assert result.exit_code == 1
-    assert "--camera-proxies cap: method cap already is camera-aware proxies" in result.output
+    assert "--camera-proxies cap: method cap already is camera proxies; drop --camera-proxies" in result.output
 
 
 def test_method_comes_from_the_recipe_and_a_contradicting_method_is_refused(tmp_path):
@@ -377,3 +383,33 @@ def test_fp16_on_a_cpu_is_one_line_naming_the_alternatives(tmp_path):
     assert result.exit_code == 1
     assert "Error: precision fp16 needs a GPU" in result.output and "use bf16" in result.output
     assert "Traceback" not in result.output and not (tmp_path / "run" / "last.pt").exists()
+
+
+@pytest.mark.parametrize("module", ["uda_reid", "uda_reid.cli"])  # uda_reid.cli: the form torchrun starts
+def test_python_dash_m_runs_the_same_command_line(module, tmp_path):
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, cwd=tmp_path,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "Usage: udareid [OPTIONS] COMMAND" in result.stdout and "recipes" in result.stdout
+    wrong = subprocess.run([sys.executable, "-m", module, "no-such-command"], capture_output=True, text=True,
+                           cwd=tmp_path, timeout=120)
+    assert wrong.returncode == 2 and "No such command 'no-such-command'" in wrong.stderr
+
+
+def test_recipes_lists_every_shipped_recipe_with_its_command_method_and_description():
+    from uda_reid.recipe_lookup import known_recipes
+
+    result = CliRunner().invoke(cli, ["recipes", "--json"])
+    assert result.exit_code == 0, result.output
+    rows = {row["name"]: row for row in map(json.loads, result.output.splitlines())}
+    assert list(rows) == list(known_recipes())
+    assert {k: rows["spcl_synthx_to_synthm"][k] for k in ("command", "method", "datasets")} == {
+        "command": "adapt", "method": "spcl", "datasets": "synthx -> synthm"}
+    assert rows["spcl_synthx_to_synthm"]["description"].startswith("SpCL UDA on the built-in synthetic domains")
+    assert (rows["moco_synthetic"]["command"], rows["moco_synthetic"]["method"]) == ("pretrain", "moco")
+    assert (rows["supervised"]["command"], rows["spcl_usl"]["datasets"]) == ("train", "any")
+    table = CliRunner().invoke(cli, ["recipes"])
+    assert table.exit_code == 0 and f"{len(rows)} recipes, from " in table.output

@@ -36,7 +36,7 @@ def test_unknown_recipe_key_names_key_file_and_valid_keys(tmp_path):
 def test_wrong_value_type_is_rejected(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("train:\n  epochs: many\n")
-    with pytest.raises(ConfigError, match=r"train.epochs: expected an integer, got 'many'"):
+    with pytest.raises(ConfigError, match=r"bad.yaml: train.epochs must be an integer, got 'many'"):
         load_recipe(path)
 
 
@@ -113,12 +113,12 @@ def test_recipe_extends_cycle_and_missing_parent_are_named(tmp_path):
 
 def test_set_values_are_typed_by_their_field_not_by_yaml_1_1():
     config = apply_overrides(RunConfig(), parse_set_options([
-        "camera_proxies.mode=off", "method_options.mode=off", "model.pooling=no", "model.init=off",
+        "camera_proxies.mode=off", "method_options.self_paced=off", "model.init=off",
         "data.skip_unreadable=yes", "train.sync_bn=On", "optim.milestones=[5, 9]", "eval_datasets=[synthm]",
     ]))
-    # string fields keep the words YAML 1.1 reads as booleans
-    assert config.camera_proxies.mode == "off" and config.method_options["mode"] == "off"
-    assert config.model.pooling == "no" and config.model.init == "off"
+    # string fields keep the words YAML 1.1 reads as booleans; the method's options get the method's types
+    assert config.camera_proxies.mode == "off" and config.method_options["self_paced"] is False
+    assert config.model.init == "off"
     # boolean fields take true/false, yes/no, on/off; lists parse
     assert config.data.skip_unreadable is True and config.train.sync_bn is True
     assert config.optim.milestones == [5, 9] and config.eval_datasets == ["synthm"]
@@ -129,22 +129,24 @@ def test_method_options_get_their_type_from_the_method():
     from uda_reid.methods import METHODS
 
     config = apply_overrides(RunConfig(), parse_set_options(
-        ["method_options.beta=0.3", "method_options.num_parts=2"]))
+        ["method_options.beta=0.3", "method_options.num_parts=2", "adapt.method=pplr"]))  # in any order
+    assert config.method_options == {"beta": 0.3, "num_parts": 2}  # typed as set, by the method's Options
     options = METHODS.get("pplr").parse_options(config.method_options)
     assert options.beta == 0.3 and options.num_parts == 2
-    with pytest.raises(ConfigError, match=r"method_options.num_parts: expected an integer, got 'two'"):
+    with pytest.raises(ConfigError, match=r"^method_options.num_parts must be an integer, got 'two'$"):
         METHODS.get("pplr").parse_options({"num_parts": "two"})
 
 
 def test_a_wrong_type_names_the_key_the_value_and_the_expected_type(tmp_path):
-    with pytest.raises(ConfigError, match=r"--set adapt.epochs: expected an integer, got 'ten'"):
+    with pytest.raises(ConfigError, match=r"--set adapt.epochs=ten: adapt.epochs must be an integer, got 'ten'"):
         apply_overrides(RunConfig(), parse_set_options(["adapt.epochs=ten"]), "--set")
-    with pytest.raises(ConfigError, match=r"--set data.skip_unreadable: expected a boolean \(true/false, yes/no, on/off\), got 'maybe'"):
+    with pytest.raises(ConfigError, match=r"--set data.skip_unreadable=maybe: data.skip_unreadable must be a boolean "
+                                          r"\(true/false, yes/no, on/off\), got 'maybe'"):
         apply_overrides(RunConfig(), parse_set_options(["data.skip_unreadable=maybe"]), "--set")
     # an unquoted off in a recipe is YAML 1.1's false: the message says to quote it
     path = tmp_path / "r.yaml"
     path.write_text("data:\n  normalization: off\n")
-    with pytest.raises(ConfigError, match=r"r.yaml.data.normalization: expected a string, got the boolean False .*quote it"):
+    with pytest.raises(ConfigError, match=r"r.yaml: data.normalization must be a string, got False .*quote it"):
         load_recipe(path)
 
 
@@ -156,6 +158,17 @@ def test_a_wrong_type_names_the_key_the_value_and_the_expected_type(tmp_path):
     ("adapt.epochs", "-3", "--set adapt.epochs=-3: adapt.epochs must be >= 0, got -3"),
     ("optim.milestones", "[5, -1]", "--set optim.milestones=[5, -1]: optim.milestones must be >= 0, got -1"),
     ("data.normalization", "imagent", "data.normalization must be one of imagenet, lup, lup_pretrain, got 'imagent'"),
+    ("pretrain.temperature", "0", "--set pretrain.temperature=0: pretrain.temperature must be > 0, got 0"),
+    ("pretrain.queue_size", "-3", "--set pretrain.queue_size=-3: pretrain.queue_size must be >= 1, got -3"),
+    ("pretrain.key_momentum", "7", "--set pretrain.key_momentum=7: pretrain.key_momentum must be in [0, 1), got 7"),
+    ("pretrain.erasing_prob", "5", "--set pretrain.erasing_prob=5: pretrain.erasing_prob must be in [0, 1], got 5"),
+    ("data.random_erasing_prob", "5", "data.random_erasing_prob must be in [0, 1], got 5"),
+    ("optim.schedule", "linear", "optim.schedule must be 'step' or 'cosine', got 'linear'"),
+    ("clustering.eps", "often", "clustering.eps must be in (0, 1) or 'auto', got 'often'"),
+    ("adapt.method", "mmt", "adapt.method must be one of baseline, cap, cluster_contrast, pplr, spcl, supervised, got 'mmt'"),
+    ("method_options.temperature", "0", "--set method_options.temperature=0: method_options.temperature must be > 0, got 0"),
+    ("dataset_options.cuhk03.variant", "label", "dataset_options.cuhk03.variant must be 'labeled' or 'detected', got 'label'"),
+    ("device", "gpu", "--set device=gpu: device must be auto, cpu, cuda or cuda:N, got 'gpu'"),
 ])
 def test_out_of_range_values_are_named_with_the_key_as_written(key, value, message):
     with pytest.raises(ConfigError) as error:
@@ -168,3 +181,21 @@ def test_a_recipe_with_an_out_of_range_value_names_the_file(tmp_path):
     recipe.write_text("clustering: {eps: 1.5}\n")
     with pytest.raises(ConfigError, match=r"bad.yaml: clustering.eps must be in \(0, 1\), got 1.5"):
         load_recipe(recipe)
+
+
+@pytest.mark.parametrize(("key", "value"), [
+    ("data.flip_prob", "1"), ("data.flip_prob", "0"), ("optim.warmup_factor", "1"), ("clustering.eps", "auto"),
+    ("clustering.eps", "0.99"), ("pretrain.key_momentum", "0"), ("train.label_smoothing", "0"), ("seed", "0"),
+    ("device", "cuda:1"), ("target", "folder:/some/images"), ("eval_datasets", "[market, duke]"),
+])
+def test_values_on_a_closed_bound_or_of_an_other_allowed_form_are_accepted(key, value):
+    apply_overrides(RunConfig(), parse_set_options([f"{key}={value}"]), "--set")
+
+
+@pytest.mark.parametrize(("key", "value"), [
+    ("optim.momentum", "1"), ("train.label_smoothing", "1"), ("clustering.eps", "0"), ("pretrain.temperature", "nan"),
+    ("optim.lr", "inf"), ("model.last_stride", "3"), ("pretrain.crop_scale", "[0.9, 0.1]"), ("data.height", "2.5"),
+])
+def test_values_on_an_open_bound_or_not_finite_are_refused(key, value):
+    with pytest.raises(ConfigError, match=f"^--set {key}=.*: {key} must be "):
+        apply_overrides(RunConfig(), parse_set_options([f"{key}={value}"]), "--set")

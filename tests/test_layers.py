@@ -1,7 +1,7 @@
 """The package's dependency order: every import (also inside functions) points down, and no two
 parts of the package import each other.
 
-Layers, bottom to top (README "Layout of the code"): a part may import its own layer's parts only
+Layers, bottom to top (docs/architecture.md, "Package layout"): a part may import its own layer's parts only
 where the graph stays acyclic, and any lower layer.
 """
 
@@ -11,7 +11,8 @@ from pathlib import Path
 import uda_reid
 
 LAYERS = [
-    {"errors", "registry", "fileio", "config", "device", "precision", "distributed", "centroids"},
+    {"errors", "registry", "plugins", "recipe_lookup", "fileio", "config", "device", "precision", "distributed",
+     "centroids"},
     {"data"},
     {"models"},
     {"clustering", "memory", "losses"},
@@ -19,7 +20,7 @@ LAYERS = [
     {"methods", "pretraining"},
     {"addons"},
     {"engine"},
-    {"cli"},
+    {"cli", "__main__"},
 ]
 PACKAGE = Path(uda_reid.__file__).parent
 

@@ -23,6 +23,24 @@ TINY_ADAPT = {
 }
 
 
+# Pre-training as small: MoCo / UP-ReID on both domains' train images, batches of 8 in 2 BN groups.
+TINY_PRETRAIN = {
+    "device": "cpu", "model.arch": "resnet18",
+    "data.height": 32, "data.width": 16, "data.workers": 0, "data.eval_batch_size": 64,
+    "optim.optimizer": "sgd", "optim.lr": 0.01, "optim.nesterov": False, "optim.schedule": "cosine",
+    "optim.warmup_epochs": 0, "optim.milestones": [],
+    "pretrain.datasets": ["market1501", "dukemtmc"], "pretrain.epochs": 2, "pretrain.iters_per_epoch": 2,
+    "pretrain.batch_size": 8, "pretrain.bn_groups": 2, "pretrain.queue_size": 24, "pretrain.dim": 16,
+}
+
+
+def tiny_pretrain_config(**overrides):
+    """A ``RunConfig`` of the library defaults with ``TINY_PRETRAIN`` and ``overrides`` applied."""
+    from uda_reid.config import RunConfig, apply_overrides
+
+    return apply_overrides(RunConfig(), {**TINY_PRETRAIN, **overrides})
+
+
 def tiny_adapt_config(**overrides):
     """A ``RunConfig`` of the library defaults with ``TINY_ADAPT`` and ``overrides`` (dotted keys) applied."""
     from uda_reid.config import RunConfig, apply_overrides

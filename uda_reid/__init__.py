@@ -1,3 +1,3 @@
 """uda_reid: unsupervised person re-identification (UDA and USL) with a cluster -> adapt loop."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -2,7 +2,8 @@
 
 Things register themselves where they are defined with ``@REGISTRY.register("name")``. A duplicate
 name is a programming error; an unknown name is a user error that lists the valid names and the
-option the user typed it into.
+option the user typed it into. The first lookup in any registry imports the third-party plug-ins
+(``uda_reid.plugins``), so what they register is there like the built-in names.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 from typing import Callable, Generic, Iterator, TypeVar
 
 from .errors import UnknownNameError
+from .plugins import load_plugins
 
 T = TypeVar("T")
 
@@ -27,11 +29,14 @@ class Registry(Generic[T]):
             if name in self._items:
                 raise ValueError(f"{self.kind} {name!r} is registered twice")
             self._items[name] = obj
+            if isinstance(obj, type):  # a class knows the name it is registered under (logs, summaries)
+                obj.registered_name = name
             return obj
 
         return decorator
 
     def get(self, name: str) -> T:
+        load_plugins()
         try:
             return self._items[name]
         except KeyError:
@@ -41,9 +46,11 @@ class Registry(Generic[T]):
             ) from None
 
     def names(self) -> list[str]:
+        load_plugins()
         return sorted(self._items)
 
     def __contains__(self, name: object) -> bool:
+        load_plugins()
         return name in self._items
 
     def __iter__(self) -> Iterator[str]:

@@ -12,11 +12,11 @@ from uda_reid.clustering.inputs import (
 )
 from uda_reid.clustering.knn import (
     KNN_BACKENDS,
-    _exact_knn_device,
     exact_knn,
     knn_search,
     resolve_backend,
 )
+from uda_reid.clustering.knn_gpu import _exact_knn_device
 from uda_reid.errors import UdaReidError, UnknownNameError
 
 

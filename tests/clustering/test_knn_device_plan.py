@@ -11,15 +11,14 @@ from uda_reid.clustering import knn as knn_module
 from uda_reid.clustering.inputs import InvalidParameterError, l2_normalised
 from uda_reid.clustering.knn import (
     DEVICE_MAX_BLOCK,
-    _blocked_heaps,
-    _exact_knn_device,
-    _sort_heaps,
     choose_block_size,
     device_block_bytes,
     device_resident_bytes,
     exact_knn,
     plan_device_block,
 )
+from uda_reid.clustering.knn_cpu import _blocked_heaps, _sort_heaps
+from uda_reid.clustering.knn_gpu import _exact_knn_device
 
 MIB = 1 << 20
 

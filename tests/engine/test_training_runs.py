@@ -1,4 +1,4 @@
-"""One loop for every training: supervised runs, the UDA source stage, and kills at any moment.
+"""One loop for every training: supervised runs, the UDA source stage, pre-training, and kills at any moment.
 
 A kill is simulated by raising KeyboardInterrupt at a chosen point (after an epoch's row, after its
 checkpoint, in the middle of writing a checkpoint); the resumed run must end where an
@@ -7,16 +7,22 @@ uninterrupted one does: same rows, same weights.
 
 import json
 import os
+import signal
 import stat
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
-from tiny_reid_data import metrics_rows, tiny_adapt_config, write_two_domains
+from tiny_reid_data import metrics_rows, tiny_adapt_config, tiny_pretrain_config, write_two_domains
 
 from uda_reid.engine import loop, run_log
 from uda_reid.models import checkpoints
 from uda_reid.models.checkpoints import load_checkpoint
+from uda_reid.config import save_config
 from uda_reid.engine.loop import adapt, train_supervised
+from uda_reid.engine.pretrain import pretrain
 from uda_reid.fileio import atomic_write_text
 from uda_reid.models.factory import model_from_weights
 
@@ -170,3 +176,56 @@ def test_atomically_written_files_get_the_permissions_of_the_umask(tmp_path):
     finally:
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "summary.json").stat().st_mode) == 0o644  # readable by the group, not 0600
+
+
+def same_pretraining_state(a, b):
+    """Rows, exported backbone, trained encoder, key encoder, queues and backbone.pth all equal."""
+    assert comparable(a) == comparable(b)
+    assert same_weights(a / "last.pt", b / "last.pt")
+    states = [load_checkpoint(run / "last.pt")["train_state"] for run in (a, b)]
+    for part in ("model", "method"):
+        assert states[0][part].keys() == states[1][part].keys()
+        assert all(torch.equal(states[0][part][k], states[1][part][k]) for k in states[0][part]), part
+    files = [torch.load(run / "backbone.pth", weights_only=True) for run in (a, b)]
+    assert all(torch.equal(files[0][k], files[1][k]) for k in files[0])
+
+
+@pytest.mark.parametrize("kill", [kill_after_row, kill_after_checkpoint, kill_during_checkpoint_write])
+def test_pretraining_resumed_after_a_kill_ends_like_an_uninterrupted_run(tmp_path, data_root, monkeypatch, kill):
+    config = tiny_pretrain_config(**{"pretrain.method": "upreid", "pretrain.epochs": 3})
+    pretrain(config, tmp_path / "full", data_root=data_root, progress=False)
+    with monkeypatch.context() as patch:
+        kill(patch, tmp_path / "cut", 2)
+        with pytest.raises(Killed):
+            pretrain(config, tmp_path / "cut", data_root=data_root, progress=False)
+    pretrain(config, tmp_path / "cut", data_root=data_root, progress=False, resume=True)
+    same_pretraining_state(tmp_path / "cut", tmp_path / "full")
+
+
+@pytest.mark.slow
+def test_pretraining_killed_by_sigkill_mid_run_resumes_to_the_uninterrupted_weights(tmp_path, data_root):
+    """A real kill -9 of ``udareid pretrain`` at whatever moment the second epoch has reached."""
+    config = tiny_pretrain_config(**{"pretrain.method": "moco", "pretrain.epochs": 3, "pretrain.iters_per_epoch": 4})
+    recipe = tmp_path / "tiny.yaml"
+    save_config(config, recipe)
+
+    def command(out, *extra):
+        return [sys.executable, "-m", "uda_reid.cli", "pretrain", "--dataset", "market", "--dataset", "duke",
+                "--recipe", str(recipe), "--data-root", str(data_root), "--out", str(out), "--quiet", *extra]
+
+    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run(command(tmp_path / "full"), check=True, capture_output=True, env=environment, timeout=600)
+    process = subprocess.Popen(command(tmp_path / "cut"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               env=environment)
+    rows = tmp_path / "cut" / "metrics.jsonl"
+    deadline = time.monotonic() + 300
+    while not (rows.exists() and rows.read_text().count("\n") >= 1) and process.poll() is None:
+        assert time.monotonic() < deadline, "the first epoch never finished"
+        time.sleep(0.05)
+    os.kill(process.pid, signal.SIGKILL)  # in epoch 2, or between epoch 1's row and its last.pt
+    process.wait()
+    assert process.returncode == -signal.SIGKILL
+    resumed = subprocess.run(command(tmp_path / "cut", "--resume"), capture_output=True, text=True, env=environment,
+                             timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    same_pretraining_state(tmp_path / "cut", tmp_path / "full")

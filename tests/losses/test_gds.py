@@ -220,10 +220,10 @@ def test_a_single_image_batch_has_no_pair_and_a_zero_loss_with_a_graph():
 
 
 @pytest.mark.parametrize("key,value,message", [
-    ("distance", "manhattan", "gds.distance: unknown value 'manhattan'; expected one of euclidean, cosine"),
-    ("momentum", 1.0, r"gds.momentum: expected a value in \[0, 1\)"),
-    ("hard_rule", "both", "gds.hard_rule: unknown value 'both'"),
-    ("lambda_hard", -1.0, "gds.lambda_hard: expected a value >= 0"),
+    ("distance", "manhattan", "gds.distance must be 'euclidean' or 'cosine', got 'manhattan'"),
+    ("momentum", 1.0, r"gds.momentum must be in \[0, 1\), got 1"),
+    ("hard_rule", "both", "gds.hard_rule must be 'tail' or 'overlap', got 'both'"),
+    ("lambda_hard", -1.0, "gds.lambda_hard must be >= 0, got -1"),
 ])
 def test_bad_options_are_named(key, value, message):
     with pytest.raises(ConfigError, match=message):

@@ -11,6 +11,8 @@ import math
 import pytest
 from tiny_reid_data import assert_resume_reaches_the_uninterrupted_run, metrics_rows, tiny_adapt_config, write_two_domains
 
+from uda_reid.addons import ADD_ONS
+from uda_reid.config import RunConfig, apply_overrides, choices_of
 from uda_reid.data.datasets import load_dataset
 from uda_reid.engine.loop import supervised_config
 from uda_reid.errors import ConfigError
@@ -18,15 +20,39 @@ from uda_reid.evaluation.protocol import evaluate_model
 from uda_reid.methods import METHODS, build_method
 from uda_reid.models.factory import model_from_weights
 
-# Add-ons combine with any method; each is checked on one method that takes it.
-ADD_ONS = {
-    "gds": ("baseline", {"gds.enabled": True}),
-    "gds_hard": ("spcl", {"gds.hard_mining": True}),
-    "camera_proxies_cap": ("spcl", {"camera_proxies.mode": "cap"}),
-    "camera_proxies_pplr": ("pplr", {"camera_proxies.mode": "pplr"}),
-    "camera_proxies_on_supervised": ("supervised", {"camera_proxies.mode": "cap"}),
-}
-CASES = {**{name: (name, {}) for name in METHODS.names()}, **ADD_ONS}
+
+def add_on_cases() -> dict[str, tuple[str, dict]]:
+    """Every setting of every registered add-on's command-line flags, each on one method that takes it
+    (in turn over the methods that cluster, so the add-ons meet different methods), and the first setting
+    of each add-on that needs the feature spaces on every method that does not cluster (supervised
+    training then extracts features it would not otherwise)."""
+    cases, turn = {}, 0
+    in_turn = [name for name in METHODS.names() if METHODS.get(name).clusters]
+    for add_on in ADD_ONS.names():
+        kind = ADD_ONS.get(add_on)
+        settings = []
+        for flag in kind.flags:
+            if flag.key is None:
+                settings.append((flag.name.lstrip("-"), dict(flag.sets)))
+                continue
+            for choice in choices_of(flag.key) or ():
+                if kind.enabled(apply_overrides(RunConfig(), {flag.key: choice})):  # not the word that turns it off
+                    settings.append((f"{flag.name.lstrip('-')}_{choice}", {flag.key: choice}))
+        takers = [name for name in METHODS.names()
+                  if METHODS.get(name).accepts_add_ons and add_on not in METHODS.get(name).excludes_add_ons]
+        for label, overrides in settings:
+            while in_turn[turn % len(in_turn)] not in takers:
+                turn += 1
+            method = in_turn[turn % len(in_turn)]
+            cases[f"{label}+{method}"] = (method, overrides)
+            turn += 1
+        for method in (name for name in takers if kind.needs_features and not METHODS.get(name).clusters):
+            label, overrides = settings[0]
+            cases[f"{label}+{method}"] = (method, overrides)
+    return cases
+
+
+CASES = {**{name: (name, {}) for name in METHODS.names()}, **add_on_cases()}
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +61,7 @@ def data_root(tmp_path_factory):
 
 
 def tiny_run_config(method: str, overrides: dict):
-    if method == "supervised":
+    if not METHODS.get(method).clusters:  # trains on the person ids, with the train section
         return supervised_config(tiny_adapt_config(dataset="market1501", **{
             "train.epochs": 2, "train.iters_per_epoch": 2, "train.eval_every": 1, **overrides}))
     return tiny_adapt_config(target="dukemtmc", **{"adapt.method": method, **overrides})
@@ -66,9 +92,9 @@ def test_a_run_killed_in_its_last_epoch_resumes_exactly(case, tmp_path, data_roo
 
 @pytest.mark.parametrize("method", METHODS.names())
 def test_an_unknown_option_is_refused_by_name(method):
-    config = tiny_adapt_config(target="dukemtmc", **{"adapt.method": method, "method_options": {"no_such_knob": 1}})
-    with pytest.raises(ConfigError, match="no_such_knob"):
-        build_method(config)
+    with pytest.raises(ConfigError, match="no_such_knob"):  # when the config is built, at the latest by the method
+        build_method(tiny_adapt_config(target="dukemtmc", **{"adapt.method": method,
+                                                             "method_options": {"no_such_knob": 1}}))
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -76,7 +102,7 @@ def test_a_bf16_step_gives_the_fp32_losses_within_three_percent(case, tmp_path, 
     from uda_reid.engine.loop import adapt
 
     method, overrides = CASES[case]
-    section = "train" if method == "supervised" else "adapt"
+    section = METHODS.get(method).settings_section
     rows = {}
     for precision in ("fp32", "bf16"):
         config = tiny_run_config(method, {**overrides, f"{section}.epochs": 1, f"{section}.iters_per_epoch": 1,

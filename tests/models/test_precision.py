@@ -37,21 +37,20 @@ def test_only_fp16_scales_gradients():
 
 def test_the_backbone_runs_in_bf16_and_the_outputs_and_weights_stay_float32():
     torch.manual_seed(0)
-    model = ReidModel("resnet18", num_classes=5).train()
+    exact_model = ReidModel("resnet18", num_classes=5).train()
+    model = ReidModel("resnet18", num_classes=5, compute_dtype=torch.bfloat16).train()  # the precision, given once
+    model.load_state_dict(exact_model.state_dict())
     images = torch.randn(4, 3, 32, 16)
-    reference = model(images)
     seen = []
     model.backbone.register_forward_hook(lambda module, inputs, output: seen.append(output.dtype))
-    model.compute_dtype = torch.bfloat16
     mixed = model(images)
     assert seen == [torch.bfloat16]
     assert all(t.dtype == torch.float32 for t in mixed)  # pooled, features, logits
     assert all(p.dtype == torch.float32 for p in model.parameters())
     assert set(model.state_dict()) == set(ReidModel("resnet18", num_classes=5).state_dict())
-    model.eval()
-    retrieval = model(images)
-    model.compute_dtype = None
-    exact = model(images)
+    exact_model.load_state_dict(model.state_dict())  # the same BN statistics after the training step
+    retrieval = model.eval()(images)
+    exact = exact_model.eval()(images)
     assert retrieval.dtype == torch.float32
     assert torch.allclose(retrieval.norm(dim=1), torch.ones(4), atol=1e-5)
     # bf16 keeps 8 significant bits: the retrieval features differ, but point the same way

@@ -1,16 +1,35 @@
-"""MoCo and UP-ReID modules: patch partition and pairing, EMA, shuffled keys, queues, and the losses they feed."""
+"""MoCo and UP-ReID plug-ins: patch partition and pairing, EMA, shuffled keys, queues, and the losses they feed.
 
-import dataclasses
+They are driven here hook by hook as the training loop drives them (build_model, setup, training_step),
+on a model whose BatchNorm is grouped as the loop groups it.
+"""
 
 import pytest
 import torch
 
-from uda_reid.config import PretrainConfig
+from uda_reid.config import RunConfig, apply_overrides
+from uda_reid.errors import ConfigError
+from uda_reid.methods import AdaptContext
+from uda_reid.models.batchnorm import convert_to_grouped_bn
 from uda_reid.models.projection_encoder import cut_patches, mirrored_patch
 from uda_reid.pretraining import PRETRAINERS
+from uda_reid.pretraining import moco as moco_module
 from uda_reid.pretraining import upreid as upreid_module
 
-TINY = PretrainConfig(queue_size=16, dim=8, bn_groups=2, key_momentum=0.9)
+TINY = {"model.arch": "resnet18", "pretrain.queue_size": 16, "pretrain.dim": 8, "pretrain.bn_groups": 2,
+        "pretrain.key_momentum": 0.9}
+
+
+def plug_in(name: str = "moco"):
+    """(the method, its context) after ``setup``, as the loop leaves them before the first step."""
+    config = apply_overrides(RunConfig(), {**TINY, "pretrain.method": name})
+    method = PRETRAINERS.get(name)(config)
+    model, _ = method.build_model(config.model, 0, None)
+    model = convert_to_grouped_bn(model, config.pretrain.bn_groups)
+    ctx = AdaptContext(config=config, model=model, device=torch.device("cpu"), target_samples=[], source_samples=None,
+                       num_source_classes=0)
+    method.setup(ctx)
+    return method, ctx
 
 
 def test_patches_are_four_stripes_of_two_halves_in_reading_order():
@@ -38,47 +57,63 @@ def views(batch: int = 4, original: bool = False):
     return out
 
 
+
+def batch(images: dict) -> dict:
+    """A training batch as the loader gives it (``image`` holds the views)."""
+    return {"target": {"image": images, "label": torch.arange(len(images["query"]))}}
+
+
 def test_key_encoder_follows_the_query_encoder_by_ema_and_gets_no_gradient():
     torch.manual_seed(0)
-    moco = PRETRAINERS.get("moco")("resnet18", TINY)
+    moco, ctx = plug_in("moco")
     with torch.no_grad():
-        for parameter in moco.encoder_q.parameters():
+        for parameter in ctx.model.parameters():
             parameter.add_(0.5)
-    before_q = [p.detach().clone() for p in moco.encoder_q.parameters()]
-    before_k = [p.detach().clone() for p in moco.encoder_k.parameters()]
-    moco.update_key_encoder()
-    for q, k0, k1 in zip(before_q, before_k, moco.encoder_k.parameters()):
+    before_q = [p.detach().clone() for p in ctx.model.parameters()]
+    before_k = [p.detach().clone() for p in moco.keys.encoder_k.parameters()]
+    moco.update_key_encoder(ctx.model)
+    for q, k0, k1 in zip(before_q, before_k, moco.keys.encoder_k.parameters()):
         torch.testing.assert_close(k1, 0.9 * k0 + 0.1 * q)
-    losses = moco(views())
-    losses["loss"].backward()
-    assert all(p.grad is None for p in moco.encoder_k.parameters())
-    assert all(p.grad is not None for p in moco.encoder_q.parameters() if p.requires_grad)
+    step = moco.training_step(ctx, batch(views()))
+    sum(step.losses.values()).backward()
+    assert all(p.grad is None for p in moco.keys.encoder_k.parameters())
+    assert all(p.grad is not None for p in ctx.model.parameters() if p.requires_grad)
 
 
 def test_shuffled_keys_come_back_in_image_order():
     torch.manual_seed(0)
-    moco = PRETRAINERS.get("moco")("resnet18", TINY).eval()  # eval: statistics independent of the shuffle
+    moco, _ = plug_in("moco")
+    moco.keys.eval()  # eval: statistics independent of the shuffle
     images = torch.randn(6, 3, 32, 16)
-    torch.testing.assert_close(moco.encode_keys(images), moco.encoder_k(images))
+    torch.testing.assert_close(moco.encode_keys(images), moco.keys.encoder_k(images))
 
 
 def test_moco_step_enqueues_its_keys_after_using_the_old_queue(monkeypatch):
     torch.manual_seed(0)
-    moco = PRETRAINERS.get("moco")("resnet18", TINY)
-    old = moco.queue.keys.clone()
+    moco, ctx = plug_in("moco")
+    queue = moco.keys.queue
+    old = queue.keys.clone()
     seen = {}
-    original = moco.queue.enqueue
-    monkeypatch.setattr(moco.queue, "enqueue", lambda keys: (seen.setdefault("keys", keys), original(keys)))
-    losses = moco(views())
-    assert torch.isfinite(losses["loss"]) and int(moco.queue.pointer) == 4
-    torch.testing.assert_close(moco.queue.keys[:4], seen["keys"])
-    torch.testing.assert_close(moco.queue.keys[4:], old[4:])
+    real_nce = moco_module.info_nce
+
+    def recording_nce(query, key, negatives, temperature):
+        seen["negatives"] = negatives.clone()
+        return real_nce(query, key, negatives, temperature)
+
+    monkeypatch.setattr(moco_module, "info_nce", recording_nce)
+    original = queue.enqueue
+    monkeypatch.setattr(queue, "enqueue", lambda keys: (seen.setdefault("keys", keys), original(keys)))
+    step = moco.training_step(ctx, batch(views()))
+    assert set(step.losses) == {"loss_global_nce"} and torch.isfinite(step.losses["loss_global_nce"])
+    torch.testing.assert_close(seen["negatives"], old)  # the loss saw the queue before this step's keys
+    assert int(queue.pointer) == 4
+    torch.testing.assert_close(queue.keys[:4], seen["keys"])
+    torch.testing.assert_close(queue.keys[4:], old[4:])
 
 
 def test_upreid_pairs_each_query_patch_with_the_same_and_the_mirrored_key_patch(monkeypatch):
     torch.manual_seed(0)
-    options = dataclasses.replace(TINY, method="upreid")
-    model = PRETRAINERS.get("upreid")("resnet18", options)
+    model, ctx = plug_in("upreid")
     calls = []
     real = upreid_module.multi_positive_info_nce
 
@@ -88,29 +123,29 @@ def test_upreid_pairs_each_query_patch_with_the_same_and_the_mirrored_key_patch(
 
     monkeypatch.setattr(upreid_module, "multi_positive_info_nce", recording)
     key_patches = {}
-    real_projections = model._patch_projections
+    real_projections = model.patch_projections
 
     def remember(images, encoder):
         result = real_projections(images, encoder)
         key_patches["key" if encoder == model.encode_keys else "query"] = result.detach()
         return result
 
-    monkeypatch.setattr(model, "_patch_projections", remember)
-    patch_queues = [q.keys.clone() for q in model.patch_queues]
-    losses = model(views(original=True))
-    assert len(calls) == 8 and set(losses) == {"loss", "global_nce", "patch_nce", "consistency"}
+    monkeypatch.setattr(model, "patch_projections", remember)
+    patch_queues = [q.keys.clone() for q in model.keys.patch_queues]
+    step = model.training_step(ctx, batch(views(original=True)))
+    assert len(calls) == 8 and set(step.losses) == {"loss_global_nce", "loss_patch_nce", "loss_consistency"}
     for i, (query, positives, queue) in enumerate(calls):
         torch.testing.assert_close(query, key_patches["query"][:, i])
         torch.testing.assert_close(positives[:, 0], key_patches["key"][:, mirrored_patch(i)])
         torch.testing.assert_close(positives[:, 1], key_patches["key"][:, i])
         torch.testing.assert_close(queue, patch_queues[i])  # patch position i's own queue
-        torch.testing.assert_close(model.patch_queues[i].keys[:4], key_patches["key"][:, i])  # then enqueued
-    expected = 0.8 * losses["global_nce"] + 0.2 * losses["patch_nce"] + losses["consistency"]
-    torch.testing.assert_close(losses["loss"].detach(), expected)
-    losses["loss"].backward()
-    assert all(p.grad is None for p in model.encoder_k.parameters())
+        torch.testing.assert_close(model.keys.patch_queues[i].keys[:4], key_patches["key"][:, i])  # then enqueued
+    patch_mean = torch.stack([real(*call, 0.1) for call in calls]).mean()
+    torch.testing.assert_close(step.losses["loss_patch_nce"].detach(), 0.2 * patch_mean)  # λp applied
+    sum(step.losses.values()).backward()
+    assert all(p.grad is None for p in model.keys.encoder_k.parameters())
 
 
-def test_an_unknown_mmd_estimator_is_named():
-    with pytest.raises(Exception, match="pretrain.mmd: unknown estimator 'cubic'"):
-        PRETRAINERS.get("upreid")("resnet18", dataclasses.replace(TINY, mmd="cubic"))
+def test_an_unknown_mmd_estimator_is_named_before_any_work():
+    with pytest.raises(ConfigError, match="pretrain.mmd"):
+        apply_overrides(RunConfig(), {"pretrain.mmd": "cubic"}, "--set")

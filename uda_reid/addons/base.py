@@ -11,6 +11,7 @@ state from the clustering), ``loss`` (named loss tensors on the step's features)
 from __future__ import annotations
 
 import abc
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,22 @@ from ..registry import Registry
 ADD_ONS: Registry[type["AddOn"]] = Registry("add-on", "the recipe section")
 
 
+@dataclass(frozen=True)
+class CliFlag:
+    """A command-line flag of ``adapt`` / ``usl`` that an add-on declares (the CLI builds its options
+    from ``AddOn.flags`` of every registered add-on, so an add-on is one module).
+
+    ``sets``: the dotted keys a plain switch sets (``--gds`` -> ``{"gds.enabled": True}``); ``key``: the
+    one dotted key an option with a value sets (``--camera-proxies cap`` -> ``camera_proxies.mode``),
+    whose allowed values are that key's declared choices.
+    """
+
+    name: str  # "--gds"
+    help: str
+    sets: tuple[tuple[str, Any], ...] = ()
+    key: str | None = None
+
+
 class AddOn(abc.ABC):
     """Hooks the loop calls on every enabled add-on; under torchrun on every process.
 
@@ -33,8 +50,14 @@ class AddOn(abc.ABC):
     updated from a batch is updated from the gathered batch, so it stays identical on every rank.
     """
 
-    #: The recipe section holding its options.
+    #: The recipe section holding its options: a top-level section of every RunConfig
+    #: (``config.<section>``), read and written like the sections ``uda_reid.config`` declares.
     section: str = ""
+    #: The dataclass of that section, each field declared with ``uda_reid.config.setting`` (its type,
+    #: range or choices), so it is checked wherever it is set.
+    Options: type | None = None
+    #: The flags ``adapt`` / ``usl`` offer for it (see :class:`CliFlag`).
+    flags: tuple[CliFlag, ...] = ()
     #: Whether ``on_clusters`` needs the feature spaces (then supervised training extracts them too).
     needs_features: bool = False
 

@@ -9,19 +9,45 @@ SpCL trains as its own class, has no proxy and is left out). Modes and the loss 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
-from ..config import RunConfig
+from ..config import FRACTION, NON_NEGATIVE, POSITIVE, RunConfig, setting
 from ..memory.camera_proxies import MODES, CameraAwareProxies
 from ..methods.base import AdaptContext, StepOutput
-from ..errors import ConfigError
-from .base import ADD_ONS, AddOn
+from .base import ADD_ONS, AddOn, CliFlag
+
+
+@dataclass
+class CameraProxyOptions:
+    """Camera-aware proxies added to any method's losses (``--camera-proxies``; docs/methods.md §5): the
+    recipe section ``camera_proxies``.
+
+    One proxy per (cluster, camera), rebuilt every epoch from the clustered features. ``cap``: CAP's
+    intra-camera loss, + ``inter_weight`` × its inter-camera loss from ``inter_start_epoch``,
+    proxies momentum-updated after each step; ``pplr``: PPLR's inter-camera loss, proxies fixed
+    within the epoch. (CAP as published is ``--method cap``.)
+    """
+
+    mode: str = setting("off", choices=MODES, help="off | cap | pplr")
+    weight: float = setting(0.5, limit=NON_NEGATIVE, help="λcam (PPLR: 1.0 for MSMT17)")
+    temperature: float = setting(0.07, limit=POSITIVE)
+    hard_negatives: int = setting(50, limit=NON_NEGATIVE)
+    inter_start_epoch: int = setting(5, limit=NON_NEGATIVE, help="cap mode")
+    inter_weight: float = setting(0.5, limit=NON_NEGATIVE, help="cap mode")
+    momentum: float = setting(0.2, limit=FRACTION, help="cap mode: weight the old proxy keeps")
 
 
 @ADD_ONS.register("camera_proxies")
 class CameraProxyTerm(AddOn):
     section = "camera_proxies"
+    Options = CameraProxyOptions
+    flags = (
+        CliFlag("--camera-proxies", "Add camera-aware proxy losses to the method (an add-on, any method but cap): "
+                "CAP's losses or PPLR's inter-camera loss, or off.", key="camera_proxies.mode"),
+    )
     needs_features = True
 
     def __init__(self, config: RunConfig) -> None:
@@ -35,10 +61,7 @@ class CameraProxyTerm(AddOn):
 
     @classmethod
     def enabled(cls, config: RunConfig) -> bool:
-        if config.camera_proxies.mode not in MODES:
-            raise ConfigError(f"camera_proxies.mode: unknown value {config.camera_proxies.mode!r}; "
-                              f"expected one of {', '.join(MODES)}")
-        return config.camera_proxies.mode != "off"
+        return config.camera_proxies.mode != "off"  # a mode outside MODES is refused where it is set
 
     def on_clusters(self, cluster_labels: np.ndarray, spaces: list[torch.Tensor], ctx: AdaptContext) -> dict[str, float]:
         if not (cluster_labels >= 0).any():

@@ -16,7 +16,13 @@ from .cluster import (
     mutual_reachability_spanning_tree,
 )
 from .agreement import cross_agreement
-from .inputs import InvalidDistanceError, InvalidFeaturesError, InvalidParameterError
+from .inputs import (
+    InvalidDistanceError,
+    InvalidFeaturesError,
+    InvalidParameterError,
+    UnitFeatures,
+    unit_features,
+)
 from .jaccard import jaccard_distance, jaccard_from_neighbors, to_dense
 from .knn import KNN_BACKENDS, NeighborLists, knn_search
 
@@ -32,6 +38,7 @@ __all__ = [
     "InvalidParameterError",
     "KMeansClusterer",
     "NeighborLists",
+    "UnitFeatures",
     "cluster_stage",
     "cross_agreement",
     "jaccard_distance",
@@ -40,4 +47,5 @@ __all__ = [
     "make_clusterer",
     "mutual_reachability_spanning_tree",
     "to_dense",
+    "unit_features",
 ]

@@ -1,7 +1,7 @@
 """PPLR's cross-agreement: how much each part feature space agrees with the global one, per image.
 
 C[i, n] = |kNN_g(i) ∩ kNN_n(i)| / |kNN_g(i) ∪ kNN_n(i)| with k neighbours, the image itself left
-out (METHODS.md §4). A part whose neighbourhood of image i matches the global one is trusted for
+out (docs/methods.md §4). A part whose neighbourhood of image i matches the global one is trusted for
 i's label: AALS smooths that part's label less, PGLR weighs its prediction more.
 """
 

@@ -34,7 +34,8 @@ from .inputs import (
     FeatureArray,
     InvalidDistanceError,
     InvalidParameterError,
-    l2_normalised,
+    UnitFeatures,
+    unit_features,
 )
 from .jaccard import check_jaccard_parameters, jaccard_distance, jaccard_from_neighbors
 from .knn import NeighborLists, knn_search
@@ -90,6 +91,13 @@ class Clusterer(abc.ABC):
 
     def fit_predict(self, data: Any) -> np.ndarray:
         return self.fit(data).labels_
+
+    def fit_predict_features(self, unit: UnitFeatures) -> np.ndarray:
+        """Labels of features :func:`cluster_stage` has already checked and L2-normalised (for
+        ``input_kind == "features"``). The default hands the unit rows to :meth:`fit_predict` as a
+        torch tensor; a clusterer that would check them again takes ``unit`` as it is instead.
+        """
+        return self.fit_predict(unit.tensor)
 
     @property
     def max_distance(self) -> float | None:
@@ -290,7 +298,7 @@ class KMeansClusterer(Clusterer):
         self.estimate_k1 = estimate_k1
         self.estimate_k2 = estimate_k2
 
-    def _estimate_k(self, unit: np.ndarray) -> int:
+    def _estimate_k(self, unit: UnitFeatures) -> int:
         _check_number("estimate_k1", self.estimate_k1, low=1, integer=True)
         _check_number("estimate_k2", self.estimate_k2, low=1, integer=True)
         k1 = min(int(self.estimate_k1), unit.shape[0] - 1)
@@ -298,17 +306,19 @@ class KMeansClusterer(Clusterer):
         labels = DBSCANClusterer(eps=self.estimate_eps, min_samples=self.estimate_min_samples).fit_predict(distance)
         return max(1, int(labels.max()) + 1)
 
-    def fit(self, features: FeatureArray) -> KMeansClusterer:
+    def fit(self, features: FeatureArray | UnitFeatures) -> KMeansClusterer:
+        """``features`` are checked and L2-normalised here unless they come as :class:`UnitFeatures`."""
         _check_number("n_iter", self.n_iter, low=1, integer=True)
         _check_number("seed", self.seed, low=0, integer=True)
         _check_number("estimate_eps", self.estimate_eps, low=0.0, high=1.0, low_open=True)
-        unit = np.ascontiguousarray(l2_normalised(features).cpu().numpy())
-        n = unit.shape[0]
+        checked = unit_features(features)
+        n = checked.shape[0]
         if self.n_clusters is None:
-            k = 1 if n < 3 else self._estimate_k(unit)
+            k = 1 if n < 3 else self._estimate_k(checked)
         else:
             _check_number("n_clusters", self.n_clusters, low=1, high=n, integer=True)
             k = int(self.n_clusters)
+        unit = checked.numpy()
         # min_points_per_centroid=1: small N is legitimate here, and faiss would warn on stdout
         kmeans = faiss.Kmeans(
             unit.shape[1], k, niter=int(self.n_iter), seed=int(self.seed), verbose=False, min_points_per_centroid=1
@@ -320,6 +330,9 @@ class KMeansClusterer(Clusterer):
         self.n_clusters_ = k
         self.labels_ = labels.astype(np.int64)
         return self
+
+    def fit_predict_features(self, unit: UnitFeatures) -> np.ndarray:
+        return self.fit_predict(unit)  # fit takes the checked features as they are
 
 
 def make_clusterer(clusterer: str | Clusterer, options: Mapping[str, Any] | None = None) -> Clusterer:
@@ -362,7 +375,7 @@ _AUTO = "auto"
 
 
 def cluster_stage(
-    features: FeatureArray,
+    features: FeatureArray | UnitFeatures,
     *,
     clusterer: str | Clusterer = "dbscan",
     clusterer_options: Mapping[str, Any] | None = None,
@@ -376,15 +389,16 @@ def cluster_stage(
     ``max_distance="auto"`` keeps only the entries the clusterer reads (≤ eps for DBSCAN, all for
     HDBSCAN); pass a number to keep more (e.g. 0.62 for SpCL's loose-eps reliability pass on
     ``result.distance``) or None for all. Feature clusterers (K-means) skip the distance steps.
+    The features are checked and L2-normalised once, here; every step takes the result as it is.
     """
     model = make_clusterer(clusterer, clusterer_options)
     timings: dict[str, float] = {}
-    unit = l2_normalised(features)
+    unit = unit_features(features)
     distance: sp.csr_matrix | None = None
     lists: NeighborLists | None = None
     if model.input_kind == "features":
         start = time.perf_counter()
-        labels = model.fit_predict(unit)
+        labels = model.fit_predict_features(unit)
         timings["cluster"] = time.perf_counter() - start
     else:
         limit = model.max_distance if max_distance == _AUTO else max_distance

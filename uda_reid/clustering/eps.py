@@ -1,5 +1,5 @@
 """DBSCAN's eps from the data (Song et al., "Unsupervised domain adaptive re-identification: theory
-and practice", PR 2020; METHODS.md §9), for cameras nobody has labelled.
+and practice", PR 2020; docs/methods.md §9), for cameras nobody has labelled.
 
 eps is the mean of the smallest ρ-share of the pairwise Jaccard distances (the non-zero entries of the
 upper triangle, ρ = 1.6·10⁻³ as in the authors' code), computed once at the first clustering and

@@ -1,11 +1,18 @@
 """Validation of the feature matrices that enter the clustering stage.
 
-Every step of the stage (kNN, Jaccard, clusterers, re-ranking) starts from the same checks, so a user
-whose extractor produced NaNs, an empty split or a 3-D tensor gets one clear error naming the rows or
-the shape, instead of a faiss crash or silently wrong pseudo-labels.
+Every public entry point of the stage (``cluster_stage``, ``jaccard_distance``, ``knn_search``, the
+kNN backends, the feature clusterers, re-ranking) starts from the same checks, so a user whose
+extractor produced NaNs, an empty split or a 3-D tensor gets one clear error naming the rows or the
+shape, instead of a faiss crash or silently wrong pseudo-labels.
+
+The checks and the L2 normalisation run once per call, however many steps the features pass
+through: the entry point calls :func:`unit_features`, and hands the :class:`UnitFeatures` it returns
+to the inner steps, which take it as it is (a second :func:`unit_features` on it does nothing).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -97,6 +104,41 @@ def l2_normalised(features: FeatureArray, *, name: str = "features") -> torch.Te
     if bool(((norms - 1).abs() <= 1e-6).all()):
         return tensor
     return tensor / norms[:, None]
+
+
+@dataclass(frozen=True, eq=False)
+class UnitFeatures:
+    """Features that passed the checks of the stage: ``tensor`` is an N×D float32 contiguous torch
+    tensor (on the input's device) of finite rows of unit length.
+
+    Made by :func:`unit_features`; every function of the stage that takes features also takes this
+    and then skips the checks. Do not write into ``tensor`` (it may share memory with the input).
+    """
+
+    tensor: torch.Tensor
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.tensor.shape
+
+    @property
+    def device(self) -> torch.device:
+        return self.tensor.device
+
+    def numpy(self) -> np.ndarray:
+        """The rows as a C-contiguous float32 numpy array: a view on the CPU, a host copy from a GPU."""
+        return np.ascontiguousarray(self.tensor.cpu().numpy())
+
+
+def unit_features(features: FeatureArray | UnitFeatures, *, name: str = "features") -> UnitFeatures:
+    """The entry check of the clustering stage: ``features`` validated and L2-normalised, once.
+
+    Raw features (numpy or torch, any device, not modified) go through :func:`l2_normalised` and
+    raise its one-line errors; :class:`UnitFeatures` from an earlier call come back as they are.
+    """
+    if isinstance(features, UnitFeatures):
+        return features
+    return UnitFeatures(l2_normalised(features, name=name))
 
 
 def check_neighbor_count(num_samples: int, k: int, *, option: str) -> None:

@@ -1,4 +1,4 @@
-"""k-reciprocal Jaccard distance on sparse rows (step 2 of the clustering stage, METHODS.md §1).
+"""k-reciprocal Jaccard distance on sparse rows (step 2 of the clustering stage, docs/methods.md §1).
 
 The public code of SpCL / cluster-contrast / PPLR / CAP builds dense N×N matrices (V, V_qe, the
 distance) in Python loops: minutes per epoch and out of memory on MSMT17. Here every object is a
@@ -30,10 +30,12 @@ from .inputs import (
     FeatureArray,
     InvalidFeaturesError,
     InvalidParameterError,
+    UnitFeatures,
     check_neighbor_count,
-    l2_normalised,
+    unit_features,
 )
-from .knn import dot_rows, knn_search
+from .knn import knn_search
+from .knn_common import dot_rows
 
 # Upper bound on the temporary entries one Jaccard chunk may hold (8 bytes each: 32 MiB).
 _CHUNK_ENTRIES = 1 << 22
@@ -300,7 +302,9 @@ def k_reciprocal_encoding(
 ) -> SparseRows:
     """Sparse V (N×N): softmax weights over the expanded k-reciprocal set R*(i) of each sample.
 
-    ``unit_features``: N×D float32 L2-normalised; ``neighbors``: N×≥forward_width best-first lists.
+    ``unit_features``: N×D float32 rows already checked and L2-normalised (not checked again here:
+    :meth:`UnitFeatures.numpy <uda_reid.clustering.inputs.UnitFeatures.numpy>`);
+    ``neighbors``: N×≥forward_width best-first lists.
     ``forward_width`` is k1 for clustering (self counted) and k1+1 for evaluation re-ranking;
     ``half`` is the width of the half sets. ``distance_scale[i]`` multiplies row i's squared distances
     before the softmax (1 for clustering, 1/row maximum for re-ranking).
@@ -418,7 +422,7 @@ def check_jaccard_parameters(num_samples: int, k1: int, k2: int, max_distance: f
 
 
 def jaccard_from_neighbors(
-    features: FeatureArray,
+    features: FeatureArray | UnitFeatures,
     neighbors: np.ndarray,
     k1: int = 30,
     k2: int = 6,
@@ -428,34 +432,35 @@ def jaccard_from_neighbors(
     """Jaccard distance from given self-kNN lists (N×≥k1, best first, self included).
 
     Use this to time or reuse the kNN step separately; :func:`jaccard_distance` runs both.
+    ``features`` are checked and L2-normalised here unless they come as :class:`UnitFeatures`.
     """
-    unit = l2_normalised(features)
+    unit = unit_features(features)
     limit = check_jaccard_parameters(unit.shape[0], k1, k2, max_distance)
-    unit_np = np.ascontiguousarray(unit.cpu().numpy())
-    encoding = k_reciprocal_encoding(unit_np, neighbors, forward_width=k1, half=half_width(k1))
+    encoding = k_reciprocal_encoding(unit.numpy(), neighbors, forward_width=k1, half=half_width(k1))
     expanded = query_expansion(encoding, neighbors, k2)
     del encoding
     return jaccard_rows(expanded, max_distance=limit, clip_negative=True, zero_diagonal=True)
 
 
 def jaccard_distance(
-    features: FeatureArray,
+    features: FeatureArray | UnitFeatures,
     k1: int = 30,
     k2: int = 6,
     *,
     knn: str = "auto",
     max_distance: float | None = None,
 ) -> sp.csr_matrix:
-    """k-reciprocal Jaccard distance (METHODS.md §1) of N×D features as an N×N CSR matrix.
+    """k-reciprocal Jaccard distance (docs/methods.md §1) of N×D features as an N×N CSR matrix.
 
-    Features are L2-normalised inside (numpy or torch, any device; not modified). A stored entry is
-    the distance of a pair whose encodings overlap; absent entries mean 1.0; the diagonal is stored
-    as explicit 0. ``max_distance`` in (0, 1] also drops entries above it (the zero diagonal stays):
+    Features are checked and L2-normalised once, here (numpy or torch, any device; not modified;
+    :class:`UnitFeatures` are taken as they are), and the kNN and encoding steps reuse the result. A
+    stored entry is the distance of a pair whose encodings overlap; absent entries mean 1.0; the
+    diagonal is stored as explicit 0. ``max_distance`` in (0, 1] also drops entries above it (the zero diagonal stays):
     clustering with DBSCAN only needs entries ≤ eps, which makes million-sample inputs fit in memory.
     ``knn`` names the kNN backend (see :mod:`uda_reid.clustering.knn`); k1 neighbours are searched
     per sample, self included.
     """
-    unit = l2_normalised(features)
+    unit = unit_features(features)
     check_jaccard_parameters(unit.shape[0], k1, k2, max_distance)
     lists = knn_search(unit, k1, knn=knn)
     return jaccard_from_neighbors(unit, lists.indices, k1, k2, max_distance=max_distance)

@@ -7,18 +7,20 @@ real layouts lives in :mod:`uda_reid.data.layouts`. :func:`load_dataset` is the 
 
 from __future__ import annotations
 
-import inspect
+import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Annotated, Callable
 
+from ..config import Rule, options_of_function, update_dataclass
 from ..errors import ConfigError, DatasetLayoutError
 from ..registry import Registry
 from .layouts import (
     MSMT_CAMERAS,
     NamingRule,
     Sample,
+    compile_camera_regex,
     find_dataset_folder,
     has_msmt_lists,
     holds_market_style,
@@ -117,12 +119,19 @@ def load_dataset(name: str, root: str | os.PathLike | None = None, **options) ->
     return DATASETS.get(name)(resolve_data_root(root), **options)
 
 
+def dataset_options_type(name: str) -> type:
+    """The options dataset ``name`` takes, as a dataclass: its loader's keyword-only parameters, each
+    declaring its type and rule in its annotation (``Annotated[str, Rule(choices=...)]``), so the
+    config checks ``dataset_options`` with the same declarations as every other setting."""
+    return options_of_function(DATASETS.get(name))
+
+
 def checked_options(spec: str, options: dict) -> tuple[str, dict]:
-    """(registered name, options with ``:PATH`` as ``path``), or ConfigError naming what the dataset takes."""
+    """(registered name, options with ``:PATH`` as ``path``, typed by their declarations), or a
+    ConfigError naming what the dataset takes or what an option must be."""
     name, path = split_spec(spec)
-    loader = DATASETS.get(name)
-    parameters = inspect.signature(loader).parameters.values()
-    accepted = [p.name for p in parameters if p.kind is inspect.Parameter.KEYWORD_ONLY]
+    declared = dataset_options_type(name)
+    accepted = [f.name for f in dataclasses.fields(declared)]
     if path is not None:
         if "path" not in accepted:
             raise ConfigError(f"dataset {name!r} takes no path ({name}:{path}); it is found under the data root "
@@ -132,7 +141,8 @@ def checked_options(spec: str, options: dict) -> tuple[str, dict]:
     if unknown:
         takes = ", ".join(accepted) if accepted else "no options"
         raise ConfigError(f"dataset {name!r} got unknown option(s) {', '.join(unknown)}; it takes: {takes}")
-    return name, options
+    parsed = update_dataclass(declared(), options, f"dataset_options.{name}")
+    return name, {key: getattr(parsed, key) for key in options}
 
 
 def options_for(spec: str, dataset_options: dict[str, dict]) -> dict:
@@ -207,10 +217,12 @@ def personx(data_root: Path) -> ReidDataset:
 
 
 @DATASETS.register("cuhk03")
-def cuhk03(data_root: Path, *, variant: str = "labeled") -> ReidDataset:
+def cuhk03(
+    data_root: Path,
+    *,
+    variant: Annotated[str, Rule(choices=("labeled", "detected"), help="hand-labeled or detected boxes")] = "labeled",
+) -> ReidDataset:
     """CUHK03-NP (767 train / 700 test ids, 2 cameras) with hand-labeled or detected boxes."""
-    if variant not in ("labeled", "detected"):
-        raise ConfigError(f"cuhk03 option variant must be 'labeled' or 'detected', got {variant!r}")
     folder_names = [f"cuhk03_np/{variant}", f"cuhk03-np/{variant}"]
     return _load_market_style("cuhk03", data_root, folder_names, CUHK03_RULE, ("cuhk03",))
 
@@ -242,9 +254,24 @@ def msmt17(data_root: Path) -> ReidDataset:
 
 FOLDER_CAMERA_REGEX = r"(?:^|_)c(\d+)"
 
+
+def _is_camera_regex(value: str) -> bool:
+    try:
+        compile_camera_regex(value)
+    except ConfigError:
+        return False
+    return True
+
+
 @DATASETS.register("folder")
 def image_folder(
-    data_root: Path, *, path: str | os.PathLike | None = None, camera_regex: str | None = FOLDER_CAMERA_REGEX
+    data_root: Path,
+    *,
+    path: Annotated[str | os.PathLike | None, Rule(help="the image folder (default: the data root itself)")] = None,
+    camera_regex: Annotated[str | None, Rule(
+        check=_is_camera_regex, help="the camera id from the file name",
+        expects="a regex with exactly one group giving the camera id (e.g. 'c(\\d+)'), or none for one camera",
+    )] = FOLDER_CAMERA_REGEX,
 ) -> ReidDataset:
     """Unlabeled images of one's own cameras for USL: all go to train with pid -1; no query/gallery.
 

@@ -173,6 +173,13 @@ def draw_k_of_proxy(members: np.ndarray, cameras: np.ndarray, k: int, rng: np.ra
 GROUPS_BY_CAMERA = {"proxy_balanced"}
 
 
+@SAMPLERS.register("every_image")
+def draw_the_image(members: np.ndarray, cameras: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """Pre-training: every image is its own group, drawn once per pass, so a pass is a permutation of
+    the images cut into batches (MoCo's loader)."""
+    return members
+
+
 class PassSampler(Sampler[int]):
     """Batches cut from passes over groups in random order (the reference methods' loaders).
 

@@ -80,7 +80,7 @@ class RandomGaussianBlur:
 
 
 def build_pretrain_transform(config: DataConfig, pretrain) -> T.Compose:
-    """One augmented view for contrastive pre-training (LUPerson's MoCo v2 recipe, METHODS.md §7):
+    """One augmented view for contrastive pre-training (LUPerson's MoCo v2 recipe, docs/methods.md §7):
     random resized crop, no colour jitter (clothing colour is identity evidence), grayscale, blur,
     flip, normalise, random erasing filled with 0 up to ``erasing_max_area``. ``pretrain`` is a
     ``PretrainConfig``."""

@@ -1,18 +1,19 @@
-"""The one training loop: ``udareid train``, the UDA source stage, ``udareid adapt`` and ``usl``.
+"""The one training loop: ``udareid train``, the UDA source stage, ``adapt``, ``usl`` and ``pretrain``.
 
-Per epoch: the training labels (the person ids for supervised training; else the target features,
-from the method or extracted, -> clustering stage -> the method's labels) -> one epoch of training
-steps with the method's losses -> evaluation every ``eval_every`` epochs -> the epoch's row in
+Per epoch: the training labels (``engine.epoch_labels``: person ids for supervised training, the
+clustering stage and the method's refinement for adaptation, every image its own group for
+pre-training) -> one epoch of training steps with the method's losses -> the method's files
+(``backbone.pth`` for pre-training) -> evaluation every ``eval_every`` epochs -> the epoch's row in
 ``metrics.jsonl`` -> ``last.pt``. The first row (epoch 0) evaluates the initial model, the
-direct-transfer figure adaptation is measured against (supervised training from scratch skips it).
+direct-transfer figure adaptation is measured against (training from scratch skips it).
 
-An **epoch** is ``iters_per_epoch`` batches of the method's settings section (``train`` for
-supervised training, ``adapt`` otherwise), or with ``iters_per_epoch: 0`` as many batches as one
-pass over the labelled identities takes at K images each (``adapt.passes_per_epoch`` > 0: that
-many passes over the labelled images instead).
+An **epoch** is ``iters_per_epoch`` batches of the method's settings section (``train``, ``adapt``
+or ``pretrain``), or with ``iters_per_epoch: 0`` as many batches as one pass over the labelled
+identities takes at K images each (pre-training: over the images; ``adapt.passes_per_epoch`` > 0:
+that many passes over the labelled images instead).
 
-The loop knows no method by name: everything method-specific goes through ``methods.base.Method``;
-supervised training is the method ``supervised`` (``methods.supervised``).
+The loop knows no method by name: everything method-specific goes through ``methods.base.Method``
+(pre-training methods are Methods with other defaults: ``pretraining.base``).
 
 Under torchrun (``engine.distributed``) every process runs this loop: features are extracted in
 shares and gathered, rank 0 clusters and every rank receives its result, each rank trains on its
@@ -24,8 +25,8 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-import sys
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -36,68 +37,41 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ..addons import build_add_ons
-from ..clustering import CLUSTERERS, KNN_BACKENDS, ClusterResult, cluster_stage
-from ..clustering.diagnostics import cluster_diagnostics
-from ..clustering.eps import data_derived_eps
-from ..clustering.jaccard import jaccard_distance
-from ..evaluation.cluster_grid import save_cluster_grid
-from ..config import RunConfig, save_config, update_dataclass
+from ..config import RunConfig, check_config, save_config
 from ..data.datasets import ReidDataset, Sample, load_dataset, options_for
 from ..data.image_dataset import ImageDataset, readable_dataset
 from ..data.samplers import batches_per_pass, build_batch_sampler, check_sampler_rule
-from ..data.transforms import build_train_transform
+from ..device import loader_workers
+from ..distributed import DistributedContext, bn_groups_per_process, init_distributed, unwrap_model
 from ..errors import ConfigError, TrainingDivergedError
 from ..evaluation.protocol import evaluate_model
-from ..fileio import atomic_write_text, remove_stale_temporaries
-from ..methods import AdaptContext, EpochLabels, Method, StepOutput, build_method
+from ..fileio import atomic_path, atomic_write_text, remove_stale_temporaries
+from ..methods import AdaptContext, Method, StepOutput, build_method
 from ..models.batchnorm import convert_to_grouped_bn
-from ..models.backbones import BACKBONES
-from ..models.factory import build_model
-from ..models.necks import POOLINGS
 from ..models.checkpoints import load_checkpoint, save_checkpoint
-from ..device import loader_workers
 from ..precision import resolve_precision
-from ..distributed import DistributedContext, bn_groups_per_process, init_distributed, unwrap_model
-from .epoch_records import epoch_record_path, plot_score_distributions, save_epoch_record
-from ..models.features import extract_features
+from .epoch_labels import EpochLabelling, clusterer_options, ground_truth_clusters
 from .optim import build_optimizer, build_scheduler
+from .run_configs import source_stage_config, supervised_config
 from .run_log import RunLog
 from .seeding import rng_state, seed_everything, set_rng_state
 
+__all__ = ["TrainingLoop", "adapt", "train_supervised", "supervised_config", "source_stage_config",
+           "check_batch_split", "rank_rng_states", "step_losses", "apply_step", "clusterer_options",
+           "ground_truth_clusters"]
 
-def check_registered_choices(config: RunConfig) -> None:
-    """The keys whose values are names in a registry, named with the valid ones before any work
-    (numeric ranges and fixed word lists are checked where the config is set: ``config.LIMITS``)."""
-    checks = [
-        ("clustering.clusterer", config.clustering.clusterer, CLUSTERERS.names()),
-        ("clustering.knn", config.clustering.knn, ["auto", *KNN_BACKENDS.names()]),
-        ("model.arch", config.model.arch, BACKBONES.names()),
-        ("model.pooling", config.model.pooling, POOLINGS.names()),
-    ]
-    for key, value, valid in checks:
-        if value not in valid:
-            raise ConfigError(f"{key}: unknown value {value!r}; choose one of: {', '.join(valid)}")
+#: How the screen and log name a run's epochs, by the method's settings section.
+STAGE_NAMES = {"train": "training", "adapt": "adaptation", "pretrain": "pre-training"}
 
 
-def clusterer_options(config: RunConfig) -> dict[str, Any]:
-    """The ``clustering`` settings the chosen clusterer takes."""
-    c = config.clustering
-    if c.clusterer == "dbscan":
-        return {"eps": c.eps, "min_samples": c.min_samples}
-    if c.clusterer == "hdbscan":
-        return {"min_cluster_size": c.min_cluster_size, "min_samples": c.min_samples}
-    if c.clusterer == "kmeans":  # k estimated, when not given, by the run's own density settings
-        return {"n_clusters": c.n_clusters or None, "seed": config.seed, "estimate_eps": c.eps,
-                "estimate_min_samples": c.min_samples, "estimate_k1": c.k1, "estimate_k2": c.k2}
-    return {}
-
-
-class TrainingLoop:
+class TrainingLoop(EpochLabelling):
     """One training run in ``run_dir``; ``run()`` returns the summary (also ``summary.json``).
 
-    ``dist``: this process's place in a torchrun run (``engine.distributed``); by default it is read
-    from the environment (a single process without torchrun). ``resume``: continue from
-    ``last.pt`` (or, when a UDA run was stopped in its source stage, from that stage's).
+    ``method``: the plug-in to train (default: ``adapt.method`` of ``config``). ``dist``: this
+    process's place in a torchrun run (``engine.distributed``); by default read from the
+    environment. ``resume``: continue from ``last.pt`` (or, when a UDA run was stopped in its source
+    stage, from that stage's). ``with_add_ons`` False: the add-on sections are not acted on (the
+    source stage).
     """
 
     def __init__(
@@ -110,9 +84,9 @@ class TrainingLoop:
         progress: bool = True,
         dist: DistributedContext | None = None,
         stage_name: str | None = None,
+        method: Method | None = None,
+        with_add_ons: bool = True,
     ) -> None:
-        if config.target is None:
-            raise ConfigError("adaptation needs a target dataset (--target for adapt, --dataset for usl)")
         # The run's own copy: clustering.eps "auto" becomes the value derived from the data in it, while
         # the config as written is what config.yaml and the checkpoints hold and --resume compares with.
         self.config_as_written = config
@@ -124,35 +98,54 @@ class TrainingLoop:
         self.progress = progress and self.dist.is_main
         self.device = self.dist.device
         self.precision = resolve_precision(config.precision, self.device)  # what the device cannot do is named now
-        check_registered_choices(config)
-        self.method: Method = build_method(config)  # checks method and options before any work
-        self.stage = getattr(config, self.method.settings_section)  # epochs, iterations, evaluation, BN
-        rule = config.adapt.sampler if config.adapt.sampler != "auto" else self.method.sampler
+        check_config(config)  # every declared rule and relation, whoever built the config
+        self.method: Method = method if method is not None else build_method(config)  # options checked now
+        self.method_name = type(self.method).registered_name or config.adapt.method
+        section = self.method.settings_section
+        self.stage = getattr(config, section)  # epochs, iterations, evaluation, BN
+        self.train_specs = self.method.train_specs()
+        if any(spec is None for spec in self.train_specs):
+            raise ConfigError("adaptation needs a target dataset (--target for adapt, --dataset for usl)")
+        rule = config.adapt.sampler if section == "adapt" and config.adapt.sampler != "auto" else self.method.sampler
         self.sampler_rule = check_sampler_rule(rule)  # an unknown adapt.sampler is named before any work
-        update_dataclass(config.optim, config.adapt.source_optim, "adapt.source_optim")  # named before any work
-        check_batch_split(config, self.dist.world_size, self.method.settings_section)
-        self.add_ons = build_add_ons(config, self.method)  # GDS, camera proxies: checked before any work
+        self.batch_size = self.method.batch_size
+        check_batch_split(config, self.dist.world_size, section, batch_size=self.batch_size,
+                          batch_key="pretrain.batch_size" if section == "pretrain" else "data.batch_size")
+        self.add_ons = self._build_add_ons(with_add_ons)  # GDS, camera proxies: checked before any work
         self.source_stage = self._source_stage()  # its settings are checked now too
         if self.dist.is_main:
             for folder in (self.run_dir, self.run_dir / "epochs"):
                 remove_stale_temporaries(folder)  # left by a kill during a write
-        #: How the screen names this run's epochs: "source stage", "adaptation", "training".
-        self.stage_name = stage_name or ("training" if not self.method.clusters else "adaptation")
-        datasets = f"{config.source} -> {config.target}" if config.source and self.method.clusters else config.target
+        #: How the screen names this run's epochs: "source stage", "adaptation", "training", "pre-training".
+        self.stage_name = stage_name or STAGE_NAMES.get(section, section)
+        shown = (f"{config.source} -> {config.target}" if config.source and self.method.clusters
+                 else ", ".join(self.train_specs))
         self.log = RunLog(self.run_dir, resume=resume, writes=self.dist.is_main,
                           screen=self.stage_name if self.dist.is_main else None, epochs=self.stage.epochs,
-                          title=f"{self.run_dir.name}: {config.adapt.method}, {self.stage_name}, {datasets}")
+                          title=f"{self.run_dir.name}: {self.method_name}, {self.stage_name}, {shown}")
 
     # ------------------------------------------------------------------ set-up
-    def _load(self) -> tuple[ReidDataset | None, ReidDataset]:
-        options = self.config.dataset_options
-        source = (load_dataset(self.config.source, self.data_root, **options_for(self.config.source, options))
-                  if self.config.source else None)
-        target = load_dataset(self.config.target, self.data_root, **options_for(self.config.target, options))
-        if self.config.data.skip_unreadable:  # every split, each file checked once here
-            source = self._readable(source) if source is not None else None
-            target = self._readable(target)
-        return source, target
+    def _build_add_ons(self, with_add_ons: bool) -> list:
+        if not with_add_ons:
+            return []
+        add_ons = build_add_ons(self.config, self.method)
+        if add_ons and not self.method.accepts_add_ons:
+            raise ConfigError(f"{add_ons[0].section}: add-ons do not combine with {self.method_name} "
+                              f"({self.stage_name}); switch the {add_ons[0].section} section off")
+        return add_ons
+
+    def _dataset(self, spec: str) -> ReidDataset:
+        dataset = load_dataset(spec, self.data_root, **options_for(spec, self.config.dataset_options))
+        return self._readable(dataset) if self.config.data.skip_unreadable else dataset  # each file checked once
+
+    def _load(self) -> tuple[ReidDataset | None, list[ReidDataset], ReidDataset | None]:
+        """(source, the datasets trained on, the dataset evaluated every ``eval_every`` epochs)."""
+        source = self._dataset(self.config.source) if self.config.source and self.method.clusters else None
+        trained = [self._dataset(spec) for spec in self.train_specs]
+        spec = self.method.evaluation_spec()
+        evaluated = trained[self.train_specs.index(spec)] if spec in self.train_specs else (
+            self._dataset(spec) if spec else None)
+        return source, trained, evaluated
 
     def _readable(self, dataset: ReidDataset) -> ReidDataset:
         dataset, skipped = readable_dataset(dataset, progress=self.progress)
@@ -180,7 +173,7 @@ class TrainingLoop:
             return None
         resume = self.dist.broadcast_object((stage_dir / "last.pt").exists())
         return TrainingLoop(source_stage_config(config), stage_dir, data_root=self.data_root, resume=resume,
-                            progress=self.progress, dist=self.dist, stage_name="source stage")
+                            progress=self.progress, dist=self.dist, stage_name="source stage", with_add_ons=False)
 
     def _initial_model_config(self):
         """``model.init``, or the model of the (finished) source stage."""
@@ -204,31 +197,33 @@ class TrainingLoop:
         if not self.dist.broadcast_object(path.exists()):
             self.log.truncate_after(-1)  # rows written before the first checkpoint are redone
             return None
-        return load_checkpoint(path, expect_config=self.config)
+        return load_checkpoint(path, expect_config=self.config_as_written)
 
     # ------------------------------------------------------------------ run
     def run(self) -> dict[str, Any]:
         config, dist = self.config, self.dist
         seed_everything(config.seed)
         if dist.is_main:
-            save_config(config, self.run_dir / "config.yaml")
-        source, target = self._load()
-        # A target without query/gallery (a folder of someone's own images) has no mAP: label-free
+            save_config(self.config_as_written, self.run_dir / "config.yaml")
+        source, trained, evaluated = self._load()
+        target_samples = [sample for dataset in trained for sample in dataset.train]
+        self.method.check_samples(target_samples)
+        # A dataset without query/gallery (a folder of someone's own images) has no mAP: label-free
         # diagnostics are logged instead, and best.pt is simply the last epoch's model.
-        self.labelled = bool(target.query) and bool(target.gallery)
+        self.labelled = evaluated is not None and bool(evaluated.query) and bool(evaluated.gallery)
         self.resolved_eps: float | None = None
-        if not self.labelled:
-            self._say(f"{target.name} has no query/gallery split: no mAP; each epoch logs label-free diagnostics "
+        if not self.labelled and self.method.clusters:
+            self._say(f"{trained[0].name} has no query/gallery split: no mAP; each epoch logs label-free diagnostics "
                       f"(outlier share, cluster sizes, change from the previous epoch, intra/inter-cluster distance) "
                       f"and draws clusters_epochNNN.png; best.pt is the last epoch's model")
-        target_samples = target.train
         source_samples = source.train if source is not None and self.method.uses_source_batches else None
         state = self._resume_state()
         if state is not None and state["epoch"] + 1 >= self.stage.epochs and (self.run_dir / "summary.json").exists():
             self.log.info(f"resume: {self.run_dir} already finished its {self.stage.epochs} epochs; nothing to do")
             return json.loads((self.run_dir / "summary.json").read_text())
 
-        model, report = build_model(self._initial_model_config(), num_classes=self.method.num_classes(target_samples))
+        model, report = self.method.build_model(self._initial_model_config(), self.method.num_classes(target_samples),
+                                                self.precision.dtype)
         if report is not None:
             self.log.info(f"initial weights: {report}")
         else:
@@ -236,31 +231,32 @@ class TrainingLoop:
             if config.model.arch in ("resnet50", "resnet101"):  # the paper recipes' backbones
                 self._say(f"warning: {config.model.arch} starts from random weights (no --init); the published "
                           f"numbers of the paper recipes assume ImageNet weights: --init imagenet (or imagenet:PATH)")
-        self._say(f"{self.stage_name}: {config.adapt.method}"
+        k = self.method.num_instances
+        self._say(f"{self.stage_name}: {self.method_name}"
                   + "".join(f" + {add_on.section}" for add_on in self.add_ons)
-                  + (f", {config.source} -> {target.name}" if config.source and self.method.clusters else f" on {target.name}")
-                  + f", {self.stage.epochs} epochs, {self.sampler_rule} batches of {config.data.batch_size} images "
-                  f"(K = {config.data.num_instances})"
+                  + (f", {config.source} -> {config.target}" if config.source and self.method.clusters
+                     else f" on {', '.join(d.name for d in trained)}")
+                  + f", {self.stage.epochs} epochs, {self.sampler_rule} batches of {self.batch_size} images"
+                  + (f" (K = {k})" if k > 1 else "")
                   + ("" if self.precision.dtype is None else f", backbone in {self.precision.name}"))
         for message in self.method.ignored_settings():
             self._say(f"note: {message}")
         model = self.method.prepare_model(model)
-        model.compute_dtype = self.precision.dtype  # the backbone's autocast; the rest stays float32
         # bn_groups counts groups of the global batch: each process computes its share of them.
         section = self.method.settings_section
-        local_groups = bn_groups_per_process(self.stage.bn_groups, dist.world_size, sync_bn=self.stage.sync_bn,
-                                             section=section)
+        sync_bn = getattr(self.stage, "sync_bn", False)
+        local_groups = bn_groups_per_process(self.stage.bn_groups, dist.world_size, sync_bn=sync_bn, section=section)
         if local_groups > 1:
             model = convert_to_grouped_bn(model, local_groups)
         model.to(self.device)
         # DDP when there are several processes; ``network`` is the model inside (state, evaluation).
-        model = dist.wrap_model(model, sync_bn=self.stage.sync_bn, sync_bn_key=f"{section}.sync_bn")
+        model = dist.wrap_model(model, sync_bn=sync_bn, sync_bn_key=f"{section}.sync_bn")
         network = unwrap_model(model)
         if dist.is_distributed:
-            statistics = ("the whole batch (SyncBatchNorm)" if self.stage.sync_bn else
-                          f"{self.stage.bn_groups} groups of {config.data.batch_size // self.stage.bn_groups} images")
+            statistics = ("the whole batch (SyncBatchNorm)" if sync_bn else
+                          f"{self.stage.bn_groups} groups of {self.batch_size // self.stage.bn_groups} images")
             self.log.info(f"{dist.world_size} processes ({dist.backend}): each trains on "
-                          f"{config.data.batch_size // dist.world_size} images of every batch of {config.data.batch_size}; "
+                          f"{self.batch_size // dist.world_size} images of every batch of {self.batch_size}; "
                           f"BatchNorm statistics over {statistics}")
         optimizer = build_optimizer(model, config.optim)
         # Group 1 holds the method's per-epoch heads (classifiers from centroids), empty between epochs.
@@ -280,25 +276,23 @@ class TrainingLoop:
 
         start_epoch, best_map = 0, -1.0
         if state is not None:
-            rng_states = rank_rng_states(state["train_state"], dist.world_size)
+            train_state = state["train_state"]
+            rng_states = rank_rng_states(train_state, dist.world_size)
             # Into the module inside DDP: a PPLR model re-creates its heads there, outside DDP.
-            trained = state["train_state"]["model"]
-            network.load_state_dict(state["model"] if trained is None else trained)
-            optimizer.load_state_dict(state["train_state"]["optimizer"])
-            scheduler.load_state_dict(state["train_state"]["scheduler"])
-            if state["train_state"].get("grad_scaler"):  # absent: written without fp16
-                self.grad_scaler.load_state_dict(state["train_state"]["grad_scaler"])
-            if state["train_state"].get("resolved_eps") is not None:
-                self.resolved_eps = state["train_state"]["resolved_eps"]
-                config.clustering.eps = self.resolved_eps
+            network.load_state_dict(state["model"] if train_state["model"] is None else train_state["model"])
+            optimizer.load_state_dict(train_state["optimizer"])
+            scheduler.load_state_dict(train_state["scheduler"])
+            if train_state["grad_scaler"]:  # empty: written without fp16
+                self.grad_scaler.load_state_dict(train_state["grad_scaler"])
+            if train_state["resolved_eps"] is not None:
+                self.resolved_eps = config.clustering.eps = train_state["resolved_eps"]
             start_epoch, best_map = state["epoch"] + 1, state["best_mAP"]
             self.log.truncate_after(state["epoch"] + 1)  # rows count epochs from 1
             self.log.info(f"resumed from {self.run_dir / 'last.pt'}: continuing at epoch {start_epoch + 1}")
         self.method.setup(ctx, state["train_state"]["method"] if state else None)
         if state is not None:
-            saved = state["train_state"].get("add_ons", {"gds": state["train_state"].get("gds", {})})
             for add_on in self.add_ons:
-                add_on.load_state_dict(saved.get(add_on.section, {}))
+                add_on.load_state_dict(state["train_state"]["add_ons"].get(add_on.section, {}))
             if rng_states is not None:
                 set_rng_state(rng_states[dist.rank], self.device)
             else:
@@ -309,7 +303,7 @@ class TrainingLoop:
         else:
             dist.seed_rank_streams(config.seed)
             if self.method.evaluates_initial_model and self.labelled:
-                figures = self._evaluate(network, target)
+                figures = self._evaluate(network, evaluated)
                 best_map = figures["mAP"]
                 self.log.append({"epoch": 0, **figures})
                 self._save_best(network, -1, best_map)
@@ -323,15 +317,18 @@ class TrainingLoop:
             row.update(self._train_epoch(ctx, optimizer, epoch, epoch_labels.labels))
             _set_head_parameters(optimizer, [])  # next epoch's heads start afresh; checkpoints stay shape-free
             dist.sync_buffers_from_main(network)  # BN running statistics: rank 0's, as group 0's in one process
+            for line in self.method.after_epoch(ctx):
+                self.log.info(line)
             for add_on in self.add_ons:
                 row.update(add_on.epoch_figures())
             row["lr"] = optimizer.param_groups[0]["lr"]
             scheduler.step()
+            self._save_artifacts(network)
             due = self.stage.eval_every > 0 and (epoch + 1) % self.stage.eval_every == 0
             if not self.labelled:
                 self._save_best(network, epoch, best_map)  # the label-free rule: the last epoch's model
             elif due or epoch + 1 == self.stage.epochs:
-                figures = self._evaluate(network, target)
+                figures = self._evaluate(network, evaluated)
                 row.update(figures)
                 if figures["mAP"] > best_map:
                     best_map = figures["mAP"]
@@ -342,118 +339,33 @@ class TrainingLoop:
             self.log.append(row)
             self._save_last(network, optimizer, scheduler, epoch, best_map)
 
-        return self._finish(ctx, network, target, best_map)
+        return self._finish(ctx, network, trained, evaluated, best_map)
 
     # ------------------------------------------------------------------ pieces
-    def _epoch_labels(self, ctx: AdaptContext, network, epoch: int, row: dict[str, Any]) -> EpochLabels:
-        """This epoch's training labels: the clustering stage and the method's refinement of it, or
-        (supervised training) the samples' own person ids."""
-        config, dist = self.config, self.dist
-        features = None
-        if self.method.clusters or any(add_on.needs_features for add_on in self.add_ons):
-            features = self.method.target_features(ctx)
-            if features is None:
-                features = extract_features(network, ctx.target_samples, config.data, device=self.device,
-                                            progress=self.progress, desc="target features", dist=dist)
-        if not self.method.clusters:
-            result = ground_truth_clusters(ctx.target_samples)
-            epoch_labels = self.method.on_clusters(result, features, ctx)
-            row.update(self._add_ons_on_clusters(result, epoch_labels, features, ctx))
-            return epoch_labels
-        if config.clustering.eps == "auto":  # derived once, at the first clustering, and kept (METHODS.md §9)
-            self.resolved_eps = dist.on_main(self._data_derived_eps, features)
-            config.clustering.eps = self.resolved_eps
-            self._say(f"clustering.eps auto: {self.resolved_eps:.4f}, the mean of the smallest "
-                      f"{config.clustering.eps_rho:g} of the pairwise Jaccard distances (kept from now on)")
-        if self.resolved_eps is not None:
-            row["eps"] = round(self.resolved_eps, 5)
-        # Once, on rank 0; every rank gets the same result and refines it identically.
-        result = dist.on_main(
-            cluster_stage,
-            features,
-            clusterer=config.clustering.clusterer,
-            clusterer_options=clusterer_options(config),
-            k1=config.clustering.k1,
-            k2=config.clustering.k2,
-            knn=config.clustering.knn,
-            max_distance=self.method.cluster_max_distance(),
-        )
-        row.update(clusters=result.num_clusters, outliers=result.num_outliers,
-                   cluster_seconds=round(sum(result.timings.values()), 3))
-        if result.num_clusters == 0:
-            self._say(f"warning: epoch {epoch + 1}: every target image is an outlier (check clustering.eps / min_samples)")
-        elif result.num_clusters == 1 and result.num_outliers == 0:
-            self._say(f"warning: epoch {epoch + 1}: all target images fell into one cluster (clustering.eps "
-                      f"{config.clustering.eps} is too loose for these features?)")
-        epoch_labels = self.method.on_clusters(result, features, ctx)
-        if dist.is_distributed:
-            checksum = dist.check_identical(
-                f"the pseudo-labels and clustered features of epoch {epoch + 1}",
-                result.labels, epoch_labels.labels, features,
-            )
-            self.log.info(f"epoch {epoch + 1}: pseudo-labels identical on all {dist.world_size} processes "
-                          f"(checksum {checksum})")
-        row.update(epoch_labels.figures)
-        row.update(self._add_ons_on_clusters(result, epoch_labels, features, ctx))
-        if dist.is_main:
-            row.update(cluster_diagnostics(result.labels, features, self._previous_cluster_labels(epoch)))
-            save_epoch_record(self.run_dir, epoch + 1, cluster_labels=result.labels,
-                              training_labels=epoch_labels.labels, scores=epoch_labels.scores)
-            if epoch_labels.scores:
-                plot_score_distributions(self.run_dir)
-            if not self.labelled:
-                save_cluster_grid(ctx.target_samples, result.labels, self.run_dir / f"clusters_epoch{epoch + 1:03d}.png",
-                                  seed=self.config.seed + epoch,
-                                  title=f"{self.run_dir.name}: epoch {epoch + 1}, {result.num_clusters} clusters "
-                                        f"({result.num_outliers} outliers); sampled clusters, one per row")
-        return epoch_labels
-
-    def _data_derived_eps(self, features: torch.Tensor) -> float:
-        """Song et al.'s eps from the whole sparse Jaccard distance of ``features``."""
-        c = self.config.clustering
-        return data_derived_eps(jaccard_distance(features, k1=c.k1, k2=c.k2, knn=c.knn), c.eps_rho)
-
-    def _previous_cluster_labels(self, epoch: int) -> np.ndarray | None:
-        """The clustering of the previous epoch, from its saved record (also after --resume)."""
-        path = epoch_record_path(self.run_dir, epoch)  # records count epochs from 1: this is epoch - 1's
-        if epoch == 0 or not path.exists():
-            return None
-        with np.load(path) as record:
-            return record["cluster_labels"]
-
-    def _add_ons_on_clusters(self, result: ClusterResult, epoch_labels: EpochLabels, features, ctx) -> dict[str, float]:
-        """Every add-on rebuilds its per-epoch state from the clustering; returns their figures."""
-        spaces = epoch_labels.spaces if epoch_labels.spaces is not None else [features]
-        figures: dict[str, float] = {}
-        for add_on in self.add_ons:
-            figures.update(add_on.on_clusters(result.labels, spaces, ctx))
-        return figures
-
     def _iterations(self, labels: np.ndarray) -> int:
         """Batches in this epoch (see the module's definition of an epoch)."""
-        data = self.config.data
         passes = getattr(self.stage, "passes_per_epoch", 0.0)
         if passes > 0:
-            return max(1, int(passes * int((labels >= 0).sum()) / data.batch_size))
-        if self.stage.iters_per_epoch > 0:
+            return max(1, int(passes * int((labels >= 0).sum()) / self.batch_size))
+        if (self.stage.iters_per_epoch or 0) > 0:
             return self.stage.iters_per_epoch
-        return batches_per_pass(labels, data.batch_size, data.num_instances)
+        return batches_per_pass(labels, self.batch_size, self.method.num_instances)
 
     def _batch_sampler(self, labels, cameras, *, num_batches: int, epoch: int, seed: int):
         """This process's share of the epoch's batches, drawn by the method's rule (``adapt.sampler``)."""
         return build_batch_sampler(
-            self.sampler_rule, labels, cameras=cameras, batch_size=self.config.data.batch_size,
-            num_instances=self.config.data.num_instances, num_batches=num_batches, seed=seed, epoch=epoch,
+            self.sampler_rule, labels, cameras=cameras, batch_size=self.batch_size,
+            num_instances=self.method.num_instances, num_batches=num_batches, seed=seed, epoch=epoch,
             num_replicas=self.dist.world_size, rank=self.dist.rank,
         )
 
-    def _loader(self, samples: list[Sample], sampler, labels=None) -> DataLoader:
+    def _loader(self, samples: list[Sample], sampler, labels=None, transform=None) -> DataLoader:
         """This process's slices of the sampler's global batches. A new loader every epoch: its
         workers are seeded from the main process's random state, which checkpoints keep, so a
         resumed run draws the same augmentations (persistent workers would not)."""
         return DataLoader(
-            ImageDataset(samples, build_train_transform(self.config.data), labels=labels),
-            batch_size=self.config.data.batch_size // self.dist.world_size,
+            ImageDataset(samples, transform or self.method.train_transform(), labels=labels),
+            batch_size=self.batch_size // self.dist.world_size,
             sampler=sampler,
             num_workers=loader_workers(self.config.data.workers),
             drop_last=True,
@@ -491,9 +403,11 @@ class TrainingLoop:
             values = dict(zip(names, self.dist.mean(torch.stack(tensors)).tolist()))
             if not math.isfinite(values["loss"]):  # the same decision on every rank
                 named = ", ".join(f"{k} {values[k]:.4g}" for k in losses)
+                kept = (f"The last good checkpoint {self.run_dir / 'last.pt'} is kept" if (self.run_dir / "last.pt").exists()
+                        else "No checkpoint was written yet")
                 raise TrainingDivergedError(
                     f"loss became {values['loss']} at epoch {epoch + 1}, iteration {iteration + 1} ({named}); stopped. "
-                    f"The last good checkpoint {self.run_dir / 'last.pt'} is kept; try a lower optim.lr"
+                    f"{kept}; check the loss settings (temperatures, weights) or try a lower optim.lr"
                 )
             apply_step(self.method, self.add_ons, ctx, loss, optimizer, self.grad_scaler)
             for key, value in values.items():
@@ -502,20 +416,32 @@ class TrainingLoop:
         steps = max(1, len(loader))
         return {**{key: round(value / steps, 5) for key, value in totals.items()}, "iterations": len(loader)}
 
-    def _evaluate(self, network, target: ReidDataset) -> dict[str, float]:
-        return evaluate_model(network, target, self.config.data, device=self.device, progress=self.progress,
-                              dist=self.dist)
+    def _evaluate(self, network, dataset: ReidDataset) -> dict[str, float]:
+        return evaluate_model(self.method.evaluation_model(network), dataset, self.config.data, device=self.device,
+                              progress=self.progress, dist=self.dist)
 
     def _exported(self, network) -> dict[str, torch.Tensor]:
         """The plain ``ReidModel`` weights (what evaluate / --init read)."""
         return self.method.export_state_dict(network)
+
+    def _checkpoint_marks(self) -> dict[str, Any]:
+        stage = self.method.checkpoint_stage
+        return {} if stage is None else {"stage": stage}
+
+    def _save_artifacts(self, network) -> None:
+        """The method's own files (``backbone.pth``), written atomically by rank 0."""
+        if self.dist.is_main:
+            for name, state in self.method.artifacts(network).items():
+                with atomic_path(self.run_dir / name) as tmp:
+                    torch.save(state, tmp)
+        self.dist.barrier()
 
     def _save_best(self, network, epoch: int, best_map: float) -> None:
         """``best.pt``: the exported model only (it is never resumed from)."""
         if self.dist.is_main:
             model = self._exported(network)
             save_checkpoint(self.run_dir / "best.pt", self.config_as_written, epoch, model=model,
-                            num_classes=_classifier_size(model), best_mAP=best_map)
+                            num_classes=_classifier_size(model), best_mAP=best_map, **self._checkpoint_marks())
         self.dist.barrier()  # nobody reads a checkpoint before it is complete
 
     def _save_last(self, network, optimizer, scheduler, epoch: int, best_map: float) -> None:
@@ -543,35 +469,43 @@ class TrainingLoop:
                     "grad_scaler": self.grad_scaler.state_dict(),  # empty unless fp16
                     "resolved_eps": self.resolved_eps,  # clustering.eps auto: the value derived at the first clustering
                 },
+                **self._checkpoint_marks(),
             )
         self.dist.barrier()
 
-    def _finish(self, ctx: AdaptContext, model, target: ReidDataset, best_map: float) -> dict[str, Any]:
+    def _finish(self, ctx: AdaptContext, model, trained: list[ReidDataset], evaluated: ReidDataset | None,
+                best_map: float) -> dict[str, Any]:
         initial = next((r for r in self.log.rows if r.get("epoch") == 0), None)
         final = next((r for r in self.log.rows if r.get("epoch") == self.stage.epochs), {})  # always evaluated
         last = {k: final[k] for k in ("mAP", "rank1", "rank5", "rank10") if k in final}
         summary = {
-            "method": self.config.adapt.method,
+            "method": self.method_name,
             "source": self.config.source,
-            "target": target.name,
+            "target": evaluated.name if evaluated is not None else trained[0].name,
             "epochs": self.stage.epochs,
             "initial": {k: v for k, v in initial.items() if k != "epoch"} if initial else {},
             "last": last,
             "best_mAP": best_map if self.labelled else None,
         }
-        if not self.labelled:  # the last epoch's label-free figures stand in for mAP
+        if not self.labelled and self.method.clusters:  # the last epoch's label-free figures stand in for mAP
             summary["diagnostics"] = {k: v for k, v in final.items()
                                       if k in ("clusters", "outliers", "outlier_share", "cluster_size_median",
                                                "ari_previous", "nmi_previous", "intra_distance", "inter_distance")}
+        if not self.labelled and not self.method.clusters:  # e.g. pre-training without --eval-on: its losses
+            summary["last"] = {k: v for k, v in final.items() if k.startswith("loss")}
+        evaluation_spec = self.method.evaluation_spec()
         for name in self.config.eval_datasets:
-            other = load_dataset(name, self.data_root, **options_for(name, self.config.dataset_options))
-            other = self._readable(other) if self.config.data.skip_unreadable else other
+            if name == evaluation_spec:  # evaluated every eval_every epochs already
+                continue
+            other = self._dataset(name)
             summary.setdefault("also_evaluated", {})[other.name] = self._evaluate(model, other)
-        for name, figures in {target.name: last, **summary.get("also_evaluated", {})}.items():
+        shown = {evaluated.name: last} if evaluated is not None else {}
+        for name, figures in {**shown, **summary.get("also_evaluated", {})}.items():
             self.log.info(f"final {name}: " + ", ".join(f"{k} {v:.1f}" for k, v in figures.items()))
+        summary.update(self.method.summary(self.run_dir))
         if self.dist.is_main:
             for add_on in self.add_ons:
-                add_on.finish(model, target, self.run_dir, ctx)
+                add_on.finish(model, evaluated, self.run_dir, ctx)
         if self.dist.is_main:  # last: its presence says the run is complete
             atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
         self.dist.barrier()
@@ -588,7 +522,8 @@ def step_losses(method: Method, add_ons: list, ctx: AdaptContext, batch: dict) -
 
 
 def apply_step(method: Method, add_ons: list, ctx: AdaptContext, loss: torch.Tensor, optimizer, grad_scaler) -> None:
-    """Backward, gradient exchange of the heads DDP does not own, optimiser step, memory updates."""
+    """Backward (DDP exchanges the model's gradients), gradient exchange of the heads DDP does not own,
+    optimiser step, memory updates."""
     optimizer.zero_grad(set_to_none=True)
     grad_scaler.scale(loss).backward()
     ctx.dist.average_gradients(method.head_parameters())  # heads live outside DDP
@@ -597,13 +532,6 @@ def apply_step(method: Method, add_ons: list, ctx: AdaptContext, loss: torch.Ten
     method.after_step(ctx)
     for add_on in add_ons:
         add_on.after_step(ctx)
-
-
-def ground_truth_clusters(samples: list[Sample]) -> ClusterResult:
-    """The "clustering" of supervised training: every sample's own person id."""
-    labels = np.asarray([s.pid for s in samples], dtype=np.int64)
-    return ClusterResult(labels=labels, num_clusters=len(np.unique(labels[labels >= 0])),
-                         num_outliers=int((labels < 0).sum()))
 
 
 def _classifier_size(state: dict[str, torch.Tensor]) -> int:
@@ -615,47 +543,24 @@ def _same_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> boo
     return a.keys() == b.keys() and all(a[k] is b[k] or torch.equal(a[k], b[k]) for k in a)
 
 
-def supervised_config(config: RunConfig) -> RunConfig:
-    """``config`` as a supervised run on ``config.dataset`` (``udareid train``): the method
-    ``supervised`` with the ``train`` settings, evaluated on the same dataset."""
-    return dataclasses.replace(
-        config,
-        source=None,
-        target=config.dataset,
-        adapt=dataclasses.replace(config.adapt, method="supervised", sampler="auto", source_pretrain_epochs=0),
-        method_options={},
-    )
-
-
-def source_stage_config(config: RunConfig) -> RunConfig:
-    """The supervised source stage of a UDA run: ``train`` settings on the source, ``optim`` with
-    ``adapt.source_optim``, no add-on terms."""
-    return supervised_config(dataclasses.replace(
-        config,
-        dataset=config.source,
-        eval_datasets=[],
-        optim=update_dataclass(config.optim, config.adapt.source_optim, "adapt.source_optim"),
-        train=dataclasses.replace(config.train, epochs=config.adapt.source_pretrain_epochs),
-        gds=dataclasses.replace(config.gds, enabled=False, hard_mining=False),
-        camera_proxies=dataclasses.replace(config.camera_proxies, mode="off"),
-    ))
-
-
-def check_batch_split(config: RunConfig, world_size: int, section: str = "adapt") -> None:
+def check_batch_split(config: RunConfig, world_size: int, section: str = "adapt", *, batch_size: int | None = None,
+                      batch_key: str = "data.batch_size") -> None:
     """Refuse batch and BatchNorm settings the processes cannot split (equal slices of each batch,
     BatchNorm groups that are equal parts of the batch and a multiple of the processes).
-    ``section``: where the BatchNorm settings are (``adapt`` or ``train``)."""
-    data, adapt_config = config.data, getattr(config, section)
-    if data.num_instances < 1 or data.batch_size < 1 or data.batch_size % world_size:
+    ``section``: where the BatchNorm settings are (``adapt``, ``train`` or ``pretrain``); ``batch_size``:
+    the global batch (default ``data.batch_size``), named ``batch_key`` in messages."""
+    data, stage = config.data, getattr(config, section)
+    batch = data.batch_size if batch_size is None else batch_size
+    if data.num_instances < 1 or batch < 1 or batch % world_size:
         raise ConfigError(
-            f"data.batch_size ({data.batch_size}) must be a positive multiple of the number of processes "
+            f"{batch_key} ({batch}) must be a positive multiple of the number of processes "
             f"({world_size}) and data.num_instances ({data.num_instances}) positive, so that every process "
-            f"gets an equal share of each batch; change data.batch_size or the number of processes"
+            f"gets an equal share of each batch; change {batch_key} or the number of processes"
         )
-    bn_groups_per_process(adapt_config.bn_groups, world_size, sync_bn=adapt_config.sync_bn, section=section)
-    if data.batch_size % adapt_config.bn_groups:
+    bn_groups_per_process(stage.bn_groups, world_size, sync_bn=getattr(stage, "sync_bn", False), section=section)
+    if batch % stage.bn_groups:
         raise ConfigError(
-            f"{section}.bn_groups ({adapt_config.bn_groups}) must divide data.batch_size ({data.batch_size}): "
+            f"{section}.bn_groups ({stage.bn_groups}) must divide {batch_key} ({batch}): "
             f"BatchNorm groups are equal parts of the batch"
         )
 
@@ -665,11 +570,9 @@ def rank_rng_states(train_state: dict[str, Any], world_size: int) -> list[dict[s
 
     The number of processes is not part of the training (``bn_groups`` counts groups of the global
     batch), so a run may resume on another number of GPUs; only the random streams (augmentation
-    draws) cannot be carried over then. Checkpoints written before the states were kept per rank
-    hold one dict.
+    draws) cannot be carried over then.
     """
-    states = train_state["rng"]
-    states = [states] if isinstance(states, dict) else list(states)
+    states = list(train_state["rng"])
     return states if len(states) == world_size else None
 
 

@@ -37,6 +37,4 @@ def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
     np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"])
     if state["cuda"] and device.type == "cuda":
-        # One state (this process's GPU); checkpoints of older versions held one per visible GPU.
-        own = state["cuda"][0] if len(state["cuda"]) == 1 else state["cuda"][device.index or 0]
-        torch.cuda.set_rng_state(own, device)
+        torch.cuda.set_rng_state(state["cuda"][0], device)  # this process's GPU only

@@ -1,7 +1,7 @@
 """k-reciprocal re-ranking for evaluation (Zhong et al., CVPR 2017), on sparse rows.
 
 The same machinery as the clustering Jaccard distance (:mod:`uda_reid.clustering.jaccard`), with the
-original re-ranking's conventions (METHODS.md §1, last paragraph): forward lists of k1+1 entries,
+original re-ranking's conventions (docs/methods.md §1, last paragraph): forward lists of k1+1 entries,
 weights from the squared distance divided by its row maximum over query+gallery, and the final
 distance (1−λ)·Jaccard + λ·normalised squared distance. No (Q+G)² matrix is built, so MSMT17-size
 galleries fit; :func:`re_rank_chunks` hands the dense result to the ranking a chunk of queries at a
@@ -19,6 +19,7 @@ from ..clustering.inputs import (
     FeatureArray,
     InvalidFeaturesError,
     InvalidParameterError,
+    UnitFeatures,
     check_neighbor_count,
     l2_normalised,
 )
@@ -64,7 +65,8 @@ def re_rank_chunks(
     chunk_rows = max(1, chunk_rows or num_query)
     everything = torch.cat([query.cpu(), gallery.cpu()])
     check_neighbor_count(everything.shape[0], k1 + 1, option="k1+1 (query + gallery samples)")
-    lists = exact_knn(everything, k1 + 1, device="cpu", track_farthest=True)
+    # Both parts were checked and normalised above: the kNN does not check them again.
+    lists = exact_knn(UnitFeatures(everything), k1 + 1, device="cpu", track_farthest=True)
     row_max = 2.0 - 2.0 * lists.farthest_similarity.astype(np.float64)  # largest squared distance per row
     scale = 1.0 / np.maximum(row_max, np.finfo(np.float32).tiny)
     unit = np.ascontiguousarray(everything.numpy())

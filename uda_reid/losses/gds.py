@@ -5,8 +5,8 @@ Gaussian over the whole data set. Their means and variances are global: a moment
 every mini-batch (the batch variance is measured around the *old* global mean, as the supplement
 derives it), and the loss is computed on the updated statistics, so the batch's share carries the
 gradient. ``L_GDS`` pushes the two means apart and makes both distributions sharp; the hard-mining
-term ``L_H`` acts on the pairs in the tails of the distributions. Facts and open choices: METHODS.md §3;
-every open choice is a field of :class:`~uda_reid.config.GdsConfig`.
+term ``L_H`` acts on the pairs in the tails of the distributions. Facts and open choices: docs/methods.md §3;
+every open choice is a field of :class:`~uda_reid.addons.gds.GdsOptions` (recipe section ``gds``).
 
 Under torchrun the loop hands the term the gathered global batch (features with their gradient),
 so every process folds the same pairs into the statistics: they stay identical without any
@@ -15,36 +15,15 @@ exchange of the buffers, and equal to those of a single process on the same batc
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import GdsConfig
-from ..errors import ConfigError
+from ..config import check_section
 from .triplet import pairwise_euclidean
 
-_CHOICES = {
-    "distance": ("euclidean", "cosine"),
-    "pairs": ("all", "hardest"),
-    "separation": ("softplus", "hinge"),
-    "gradient": ("updated", "batch"),
-    "hard_rule": ("tail", "overlap"),
-}
-
-
-def check_gds_config(config: GdsConfig) -> None:
-    """Refuse unknown choices and out-of-range numbers, naming the ``gds.*`` key."""
-    for key, allowed in _CHOICES.items():
-        value = getattr(config, key)
-        if value not in allowed:
-            raise ConfigError(f"gds.{key}: unknown value {value!r}; expected one of {', '.join(allowed)}")
-    if not 0.0 <= config.momentum < 1.0:
-        raise ConfigError(f"gds.momentum: expected a value in [0, 1), got {config.momentum!r}")
-    if config.initial_variance <= 0:
-        raise ConfigError(f"gds.initial_variance: expected a positive value, got {config.initial_variance!r}")
-    for key in ("weight", "lambda_sigma", "lambda_hard", "hard_sigma", "margin"):
-        if getattr(config, key) < 0:
-            raise ConfigError(f"gds.{key}: expected a value >= 0, got {getattr(config, key)!r}")
 
 
 def pair_distances(
@@ -130,9 +109,9 @@ class GlobalDistanceSeparation(nn.Module):
     mean: torch.Tensor
     variance: torch.Tensor
 
-    def __init__(self, config: GdsConfig) -> None:
+    def __init__(self, config: Any) -> None:  # the gds section (addons.gds.GdsOptions, a layer above)
         super().__init__()
-        check_gds_config(config)
+        check_section(config, "gds")  # its declared rules, for options built in code too
         self.config = config
         self.register_buffer("mean", torch.full((2,), float(config.initial_mean)))
         self.register_buffer("variance", torch.full((2,), float(config.initial_variance)))

@@ -2,7 +2,7 @@
 
 Both weigh labels by the cross-agreement C (``N×P``, ``uda_reid.clustering.agreement``): a part
 whose neighbourhood of an image agrees with the global one gets a sharper label (AALS) and a larger
-say in the global target (PGLR). Facts and defaults: METHODS.md §4. Agreement and targets are
+say in the global target (PGLR). Facts and defaults: docs/methods.md §4. Agreement and targets are
 constants: no gradient flows into them.
 """
 

@@ -2,7 +2,7 @@
 
 A cluster seen by several cameras gets one proxy per camera, so a loss can pull an image towards
 its identity as seen from *other* cameras, which is what the camera shift makes hard. Two methods
-use them (METHODS.md §5):
+use them (docs/methods.md §5):
 
 * CAP (Wang et al., AAAI 2021): :meth:`CameraProxies.intra_camera_loss` +
   :meth:`CameraProxies.inter_camera_loss_cap`, proxies moved by :meth:`CameraProxies.momentum_update`
@@ -312,7 +312,7 @@ MODES = ("off", "cap", "pplr")
 class CameraAwareProxies:
     """Proxies of one or more feature spaces and the chosen mode's loss on a batch.
 
-    Modes (METHODS.md §5): ``cap`` (Wang et al., AAAI 2021): intra-camera loss over the sample's own
+    Modes (docs/methods.md §5): ``cap`` (Wang et al., AAAI 2021): intra-camera loss over the sample's own
     camera's proxies, plus from ``inter_start_epoch`` the inter-camera loss (all proxies of the
     label vs the hardest negatives) weighted ``inter_weight``; proxies follow the network by a
     momentum update after each step. ``pplr`` (Cho et al., CVPR 2022): inter-camera loss with the

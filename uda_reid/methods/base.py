@@ -121,6 +121,12 @@ class Method(abc.ABC):
     excludes_add_ons: tuple[str, ...] = ()
     #: Whether epoch 0 evaluates the initial model (the direct-transfer figure adaptation is measured against).
     evaluates_initial_model: bool = True
+    #: Whether add-ons (``addons.ADD_ONS``) may be combined with it.
+    accepts_add_ons: bool = True
+    #: ``stage`` written into its checkpoints (``"pretrain"``: the exported model is a bare backbone).
+    checkpoint_stage: str | None = None
+    #: The name it is registered under (set by the registry).
+    registered_name: str = ""
 
     def __init__(self, config: RunConfig) -> None:
         self.config = config
@@ -134,6 +140,56 @@ class Method(abc.ABC):
     def uses_source_batches(self) -> bool:
         """Whether every iteration also draws a labelled source batch (UDA end to end, as SpCL)."""
         return False
+
+    @property
+    def batch_size(self) -> int:
+        """Images per global batch."""
+        return self.config.data.batch_size
+
+    @property
+    def num_instances(self) -> int:
+        """K: images per identity in a batch (what one pass over the identities is counted in)."""
+        return self.config.data.num_instances
+
+    def train_specs(self) -> list[str]:
+        """The datasets whose train images it trains on (joined in this order)."""
+        return [self.config.target]
+
+    def evaluation_spec(self) -> str | None:
+        """The dataset evaluated every ``eval_every`` epochs (None: no per-epoch evaluation)."""
+        return self.config.target
+
+    def check_samples(self, samples: list[Sample]) -> None:
+        """Refuse training images it cannot train on (ConfigError), before any training."""
+
+    def build_model(self, model_config: Any, num_classes: int, compute_dtype: torch.dtype | None) -> tuple[nn.Module, Any]:
+        """The network to train and the report of its initial weights (None: random)."""
+        from ..models.factory import build_model
+
+        return build_model(model_config, num_classes=num_classes, compute_dtype=compute_dtype)
+
+    def train_transform(self) -> Any:
+        """Image -> what a training batch holds under ``image``."""
+        from ..data.transforms import build_train_transform
+
+        return build_train_transform(self.config.data)
+
+    def evaluation_model(self, network: nn.Module) -> nn.Module:
+        """The model whose features are evaluated (default: the trained network itself)."""
+        return network
+
+    def artifacts(self, network: nn.Module) -> dict[str, dict[str, torch.Tensor]]:
+        """Files (name -> state dict) written into the run folder after every epoch."""
+        return {}
+
+    def after_epoch(self, ctx: "AdaptContext") -> list[str]:
+        """After an epoch's last step: e.g. bring state that ranks computed apart back in line.
+        Returns lines for ``log.txt``."""
+        return []
+
+    def summary(self, run_dir: Any) -> dict[str, Any]:
+        """Entries it adds to ``summary.json``."""
+        return {}
 
     def ignored_settings(self) -> list[str]:
         """One line per setting of the run this method does not act on (the loop shows and logs them)."""

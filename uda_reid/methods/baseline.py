@@ -5,7 +5,7 @@ the clusters is re-initialised from the L2-normalised cluster centroids (so the 
 scores each image against its cluster instead of a random head) and trained with cross-entropy on
 the BN-neck feature, plus the soft-margin batch-hard triplet loss on the pooled feature. Start it
 from a source-trained model (``adapt.source_pretrain_epochs`` or ``--init``); GDS adds its term with
-``--gds`` / ``--gds-hard``. Facts: METHODS.md §3.
+``--gds`` / ``--gds-hard``. Facts: docs/methods.md §3.
 
 Under torchrun the cross-entropy stays on each process's slice (the classifier's gradients are
 averaged by the loop); the batch-hard triplet and the camera losses see the gathered global batch.
@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..clustering import ClusterResult
+from ..config import FRACTION, NON_NEGATIVE, setting
 from ..losses import batch_hard_triplet_loss
 from ..memory import class_centroids
 from .base import METHODS, AdaptContext, EpochLabels, Method, StepOutput
@@ -28,10 +29,10 @@ from .base import METHODS, AdaptContext, EpochLabels, Method, StepOutput
 
 @dataclass
 class BaselineOptions:
-    id_loss_weight: float = 1.0
-    triplet_loss_weight: float = 1.0
-    label_smoothing: float = 0.1
-    triplet_margin: float = 0.0  # 0: soft margin softplus(d_ap − d_an)
+    id_loss_weight: float = setting(1.0, limit=NON_NEGATIVE)
+    triplet_loss_weight: float = setting(1.0, limit=NON_NEGATIVE)
+    label_smoothing: float = setting(0.1, limit=FRACTION)
+    triplet_margin: float = setting(0.0, limit=NON_NEGATIVE, help="0: soft margin softplus(d_ap − d_an)")
 
 
 def centroid_classifier(features: torch.Tensor, labels: np.ndarray, device: torch.device) -> nn.Linear:

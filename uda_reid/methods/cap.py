@@ -6,7 +6,7 @@ mean feature). Batches hold 8 proxies × 4 images (proxy-balanced sampling), and
 intra-camera term (cross-entropy over the proxies of the sample's own camera, summed over the
 cameras of the batch) plus, from ``inter_start_epoch``, 0.5 × its inter-camera term (every proxy of
 the cluster as a positive against the 50 hardest other proxies); τ 0.07; the proxies follow the
-network by a momentum update (old weight 0.2) after each step. Facts: METHODS.md §5 and the
+network by a momentum update (old weight 0.2) after each step. Facts: docs/methods.md §5 and the
 authors' CAP-master code (train_cap.py, CamAwareMemory.py).
 
 ``--camera-proxies cap`` (the add-on ``addons.camera_proxies``) adds the same losses to another
@@ -22,18 +22,18 @@ import numpy as np
 import torch
 
 from ..clustering import ClusterResult
-from ..errors import ConfigError
+from ..config import FRACTION, NON_NEGATIVE, POSITIVE, setting
 from ..memory import CameraAwareProxies
 from .base import METHODS, AdaptContext, EpochLabels, Method, StepOutput
 
 
 @dataclass
 class CapOptions:
-    temperature: float = 0.07  # τ of both losses
-    momentum: float = 0.2  # weight the old proxy keeps in the update
-    hard_negatives: int = 50  # other-cluster proxies in the inter-camera loss
-    inter_weight: float = 0.5
-    inter_start_epoch: int = 5  # epochs counted from 0, as the reference's crosscam_epoch
+    temperature: float = setting(0.07, limit=POSITIVE, help="τ of both losses")
+    momentum: float = setting(0.2, limit=FRACTION, help="weight the old proxy keeps in the update")
+    hard_negatives: int = setting(50, limit=NON_NEGATIVE, help="other-cluster proxies in the inter-camera loss")
+    inter_weight: float = setting(0.5, limit=NON_NEGATIVE)
+    inter_start_epoch: int = setting(5, limit=NON_NEGATIVE, help="epochs counted from 0, as the reference's crosscam_epoch")
 
 
 @METHODS.register("cap")
@@ -45,11 +45,6 @@ class CAP(Method):
     def __init__(self, config) -> None:
         super().__init__(config)
         o = self.options
-        if o.temperature <= 0 or not 0.0 <= o.momentum < 1.0 or o.hard_negatives < 0:
-            raise ConfigError(
-                f"method_options: cap needs temperature > 0, momentum in [0, 1) and hard_negatives >= 0; got "
-                f"{o.temperature}, {o.momentum}, {o.hard_negatives}"
-            )
         self.proxies = CameraAwareProxies(
             "cap", weight=1.0, temperature=o.temperature, num_hard_negatives=o.hard_negatives,
             inter_start_epoch=o.inter_start_epoch, inter_weight=o.inter_weight, momentum=o.momentum,

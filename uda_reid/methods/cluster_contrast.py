@@ -5,7 +5,7 @@ DBSCAN eps 0.6); outliers sit the epoch out. The memory is rebuilt from the L2-n
 feature of each cluster; the loss is the cross-entropy of f·Mᵀ/τ (τ 0.05) against the sample's
 cluster, and after each step the sample's row moves towards it: M[y] ← normalise(m·M[y] + (1−m)·f),
 m = 0.1 (the published runs; the script's default 0.2 is not what produced the paper's numbers).
-The recipes set GeM pooling and batches of 16 clusters × 16 images. Facts: METHODS.md §8.
+The recipes set GeM pooling and batches of 16 clusters × 16 images. Facts: docs/methods.md §8.
 
 A hybrid memory whose rows are the clusters (labels 0..C−1) is exactly this cluster memory: each
 class has one row, so its score is that row's logit; no second memory class is needed. Combines
@@ -19,15 +19,15 @@ from dataclasses import dataclass
 import torch
 
 from ..clustering import ClusterResult
-from ..errors import ConfigError
+from ..config import FRACTION, POSITIVE, setting
 from ..memory import HybridMemory, class_centroids
 from .base import METHODS, AdaptContext, EpochLabels, Method, StepOutput
 
 
 @dataclass
 class ClusterContrastOptions:
-    temperature: float = 0.05
-    momentum: float = 0.1  # weight the old cluster row keeps
+    temperature: float = setting(0.05, limit=POSITIVE)
+    momentum: float = setting(0.1, limit=FRACTION, help="weight the old cluster row keeps")
 
 
 @METHODS.register("cluster_contrast")
@@ -36,12 +36,6 @@ class ClusterContrast(Method):
 
     def __init__(self, config) -> None:
         super().__init__(config)
-        o = self.options
-        if o.temperature <= 0 or not 0.0 <= o.momentum < 1.0:
-            raise ConfigError(
-                f"method_options: cluster_contrast needs temperature > 0 and momentum in [0, 1); got "
-                f"{o.temperature}, {o.momentum}"
-            )
         self.memory: HybridMemory | None = None
         self._pending: tuple[torch.Tensor, torch.Tensor] | None = None
 

@@ -6,7 +6,7 @@ lists, reusing the clustering stage's global kNN -> classifiers re-initialised f
 centroids of each feature. Losses: PGLR on the global classifier (labels refined by the part
 predictions), AALS on the part classifiers (plain label smoothing for the first epochs), the
 soft-margin batch-hard triplet on the global neck feature; with ``--camera-proxies pplr`` the
-add-on adds the inter-camera loss over the global and part proxies (``EpochLabels.spaces``). Facts: METHODS.md §4-5.
+add-on adds the inter-camera loss over the global and part proxies (``EpochLabels.spaces``). Facts: docs/methods.md §4-5.
 
 Under torchrun the features are extracted in shares and gathered; PGLR and AALS stay on each
 process's slice (the classifiers' gradients are averaged by the loop); the triplet and camera
@@ -23,7 +23,7 @@ from torch import nn
 from ..clustering import ClusterResult, knn_search
 from ..clustering.agreement import cross_agreement
 from ..models.part_features import extract_part_features
-from ..errors import ConfigError
+from ..config import AT_LEAST_ONE, NON_NEGATIVE, PROBABILITY, setting
 from ..losses import batch_hard_triplet_loss
 from ..losses.pplr import part_identity_loss, pglr_loss, pglr_targets
 from ..models.part_model import PartReidModel, part_model_to_plain
@@ -32,12 +32,12 @@ from .base import METHODS, AdaptContext, EpochLabels, Method, StepOutput
 
 @dataclass
 class PplrOptions:
-    num_parts: int = 3
-    agreement_k: int = 20  # neighbours compared by the cross-agreement score (self excluded)
-    beta: float = 0.5  # PGLR: weight of the pseudo-label against the part predictions
-    aals_warmup_epochs: int = 5  # plain label smoothing for the parts before AALS
-    warmup_epsilon: float = 0.1
-    triplet_margin: float = 0.0  # 0: soft margin
+    num_parts: int = setting(3, limit=AT_LEAST_ONE)
+    agreement_k: int = setting(20, limit=AT_LEAST_ONE, help="neighbours compared by the cross-agreement score (self excluded)")
+    beta: float = setting(0.5, limit=PROBABILITY, help="PGLR: weight of the pseudo-label against the part predictions")
+    aals_warmup_epochs: int = setting(5, limit=NON_NEGATIVE, help="plain label smoothing for the parts before AALS")
+    warmup_epsilon: float = setting(0.1, limit=PROBABILITY)
+    triplet_margin: float = setting(0.0, limit=NON_NEGATIVE, help="0: soft margin")
 
 
 @METHODS.register("pplr")
@@ -46,12 +46,6 @@ class PPLR(Method):
 
     def __init__(self, config) -> None:
         super().__init__(config)
-        o = self.options
-        if o.num_parts < 1 or o.agreement_k < 1 or not 0.0 <= o.beta <= 1.0:
-            raise ConfigError(
-                f"method_options: pplr needs num_parts >= 1, agreement_k >= 1 and beta in [0, 1]; got "
-                f"{o.num_parts}, {o.agreement_k}, {o.beta}"
-            )
         self.part_features: torch.Tensor | None = None  # P×N×C of this epoch
         self.agreement: torch.Tensor | None = None  # N×P on the device
         self._model: PartReidModel | None = None  # holds this epoch's classifiers

@@ -3,7 +3,7 @@
 Losses: the unified contrastive loss of the hybrid memory on a target batch (and, in UDA, on a
 source batch; the model has domain-specific BN). Clustering runs on the memory's target rows;
 self-paced reliability keeps a point clustered only when its cluster is independent and compact,
-and returns the others to the memory as un-clustered instances. Facts: METHODS.md §2.
+and returns the others to the memory as un-clustered instances. Facts: docs/methods.md §2.
 
 Under torchrun each process computes the loss of its slice of the batch (a mean of per-sample
 terms, so DDP's gradient average is the global batch's), and every process applies the memory
@@ -21,6 +21,7 @@ from torch import nn
 
 from ..clustering import ClusterResult, DBSCANClusterer
 from ..clustering.reliability import SelfPacedCriterion, unique_outlier_labels
+from ..config import FRACTION, NON_NEGATIVE, POSITIVE, PROBABILITY, setting
 from ..models.features import extract_features
 from ..memory import HybridMemory, class_centroids
 from ..models.batchnorm import bn_domain, convert_to_domain_specific_bn, domain_specific_to_plain
@@ -29,12 +30,12 @@ from .base import METHODS, AdaptContext, EpochLabels, Method, StepOutput
 
 @dataclass
 class SpclOptions:
-    temperature: float = 0.05
-    momentum: float = 0.2  # weight the old memory row keeps
-    self_paced: bool = True  # reliability criteria (DBSCAN only)
-    eps_gap: float = 0.02  # tight / loose eps = eps ∓ gap
-    quantile: float = 0.9  # independence threshold position, fixed at the first epoch
-    domain_specific_bn: bool = True  # UDA only
+    temperature: float = setting(0.05, limit=POSITIVE, help="τ of the hybrid memory's logits")
+    momentum: float = setting(0.2, limit=FRACTION, help="weight the old memory row keeps")
+    self_paced: bool = setting(True, help="reliability criteria (DBSCAN only)")
+    eps_gap: float = setting(0.02, limit=NON_NEGATIVE, help="tight / loose eps = eps ∓ gap")
+    quantile: float = setting(0.9, limit=PROBABILITY, help="independence threshold position, fixed at the first epoch")
+    domain_specific_bn: bool = setting(True, help="UDA only")
 
 
 @METHODS.register("spcl")

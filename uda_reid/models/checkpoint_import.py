@@ -1,6 +1,6 @@
 """Initialise a :class:`ReidModel` from a checkpoint file a user brings.
 
-Accepted (DESIGN.md §4): torchvision ImageNet ResNet state dicts, LUPerson releases (plain ResNet state
+Accepted (docs/checkpoints.md): torchvision ImageNet ResNet state dicts, LUPerson releases (plain ResNet state
 dicts) and raw LUPerson MoCo training checkpoints, UP-ReID-like files with ``base_encoder.`` /
 ``backbone.`` prefixes and projection heads, DataParallel (``module.``) files, ``.safetensors``, and
 uda_reid's own run checkpoints. Foreign files are remapped onto the backbone's torchvision names; our

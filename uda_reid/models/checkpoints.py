@@ -17,7 +17,8 @@ FORMAT = "uda_reid"
 VERSION = 1
 
 # Keys that may change between an interrupted run and its resumption without changing its result.
-_RESUMABLE_DIFFERENCES = {"device", "precision", "data.workers", "data.eval_batch_size", "train.epochs", "adapt.epochs"}
+_RESUMABLE_DIFFERENCES = {"device", "precision", "data.workers", "data.eval_batch_size", "train.epochs", "adapt.epochs",
+                          "pretrain.epochs"}
 
 
 def save_checkpoint(path: str | Path, config: RunConfig, epoch: int, **state: Any) -> None:

@@ -64,9 +64,10 @@ def export_model(model: nn.Module, data_config: DataConfig, fmt: str, out: str |
     if fmt not in EXPORT_FORMATS:
         raise ConfigError(f"--format {fmt!r}: expected one of {', '.join(EXPORT_FORMATS)}")
     out = Path(out)
+    if getattr(model, "compute_dtype", None) is not None:
+        raise ValueError("export_model needs a model built in float32 (compute_dtype None): the exported graph "
+                         "is float32 throughout")
     model = model.cpu().float()
-    if hasattr(model, "compute_dtype"):
-        model.compute_dtype = None  # the exported graph is float32 throughout
     wrapper = FeatureExtractor(model, *NORMALIZATIONS[data_config.normalization]).eval()
     example = torch.rand(2, 3, data_config.height, data_config.width)
     with torch.no_grad(), atomic_path(out) as tmp:

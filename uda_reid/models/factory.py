@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import torch
+
 from ..config import ModelConfig, RunConfig, config_from_dict
 from ..errors import CheckpointError
 from ..fileio import safe_torch_load
@@ -20,8 +22,10 @@ def resolve_extra_bn(config: ModelConfig) -> bool:
     return config.init is not None and lup_uses_extra_bn(config.init)
 
 
-def build_model(config: ModelConfig, num_classes: int = 0) -> tuple[ReidModel, ImportReport | None]:
-    """The model of ``config`` with its initial weights loaded (report is None without ``init``)."""
+def build_model(config: ModelConfig, num_classes: int = 0, *,
+                compute_dtype: torch.dtype | None = None) -> tuple[ReidModel, ImportReport | None]:
+    """The model of ``config`` with its initial weights loaded (report is None without ``init``);
+    ``compute_dtype``: the backbone's autocast dtype (the run's precision; None: float32)."""
     model = ReidModel(
         config.arch,
         num_classes=num_classes,
@@ -29,12 +33,14 @@ def build_model(config: ModelConfig, num_classes: int = 0) -> tuple[ReidModel, I
         last_stride=config.last_stride,
         neck=config.neck,
         extra_bn=resolve_extra_bn(config),
+        compute_dtype=compute_dtype,
     )
     report = load_init(model, config.init) if config.init else None
     return model, report
 
 
-def model_from_weights(weights: str, arch: str = "resnet50") -> tuple[ReidModel, RunConfig]:
+def model_from_weights(weights: str, arch: str = "resnet50", *,
+                       compute_dtype: torch.dtype | None = None) -> tuple[ReidModel, RunConfig]:
     """The model to evaluate and the config it was trained with.
 
     ``weights`` is a uda_reid run checkpoint (architecture and image settings come from its saved
@@ -45,11 +51,12 @@ def model_from_weights(weights: str, arch: str = "resnet50") -> tuple[ReidModel,
         payload = load_checkpoint(weights)
         config = config_from_dict(payload["config"])
         if payload.get("stage") == PRETRAIN_STAGE:  # a pre-training run: its backbone, as --init moco: reads it
-            model, _ = build_model(dataclasses.replace(config.model, init=f"moco:{weights}", extra_bn=True))
+            model, _ = build_model(dataclasses.replace(config.model, init=f"moco:{weights}", extra_bn=True),
+                                   compute_dtype=compute_dtype)
             return model, config
         # The checkpoint's own weights replace the initialisation; keep the architecture it implied.
         model_config = dataclasses.replace(config.model, init=None, extra_bn=resolve_extra_bn(config.model))
-        model, _ = build_model(model_config, num_classes=int(payload.get("num_classes", 0)))
+        model, _ = build_model(model_config, num_classes=int(payload.get("num_classes", 0)), compute_dtype=compute_dtype)
         try:
             model.load_state_dict(payload["model"])
         except RuntimeError as error:
@@ -57,5 +64,5 @@ def model_from_weights(weights: str, arch: str = "resnet50") -> tuple[ReidModel,
         return model, config
     config = RunConfig()
     config.model = dataclasses.replace(config.model, arch=arch, init=weights)
-    model, _ = build_model(config.model)
+    model, _ = build_model(config.model, compute_dtype=compute_dtype)
     return model, config

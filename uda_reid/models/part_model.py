@@ -2,7 +2,7 @@
 
 The global branch is exactly :class:`ReidModel` (same modules, same state-dict keys), so a plain
 checkpoint initialises it and its weights export back to a plain model for ``udareid evaluate``;
-the part branch only adds keys under :data:`PART_KEY_PREFIXES`. Facts: METHODS.md §4.
+the part branch only adds keys under :data:`PART_KEY_PREFIXES`. Facts: docs/methods.md §4.
 """
 
 from __future__ import annotations
@@ -65,6 +65,7 @@ class PartReidModel(ReidModel):
         extra_bn: bool = False,
         embedding_dim: int = 0,
         num_parts: int = 3,
+        compute_dtype: torch.dtype | None = None,
     ) -> None:
         if isinstance(num_parts, bool) or not isinstance(num_parts, int) or num_parts < 1:
             raise ConfigError(f"num_parts must be an integer >= 1 (got {num_parts!r})")
@@ -76,6 +77,7 @@ class PartReidModel(ReidModel):
             neck=neck,
             extra_bn=extra_bn,
             embedding_dim=embedding_dim,
+            compute_dtype=compute_dtype,
         )
         self.num_parts = num_parts
         channels: int = self.backbone.out_channels
@@ -265,6 +267,7 @@ class PartReidModel(ReidModel):
             extra_bn=model.extra_bn is not None,
             embedding_dim=0 if model.embedding is None else model.embedding.out_features,
             num_parts=num_parts,
+            compute_dtype=model.compute_dtype,
         )
         reference = next(model.parameters())
         part_model = part_model.to(device=reference.device, dtype=reference.dtype)

@@ -18,12 +18,13 @@ class ProjectionEncoder(nn.Module):
     ResNet the published pre-training used (fine-tuning switches to 1; the weights are the same).
     """
 
-    def __init__(self, arch: str = "resnet50", *, dim: int = 128, last_stride: int = 2) -> None:
+    def __init__(self, arch: str = "resnet50", *, dim: int = 128, last_stride: int = 2,
+                 compute_dtype: torch.dtype | None = None) -> None:
         super().__init__()
         self.backbone = build_backbone(arch, last_stride=last_stride)
         channels = self.backbone.out_channels
         self.fc = nn.Sequential(nn.Linear(channels, channels), nn.ReLU(inplace=True), nn.Linear(channels, dim))
-        self.compute_dtype: torch.dtype | None = None
+        self.compute_dtype = compute_dtype  # the run's precision for the backbone (None: float32)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """``N×3×H×W`` -> ``N×dim`` L2-normalised projections (float32, whatever ``compute_dtype``)."""

@@ -46,8 +46,8 @@ class ReidModel(nn.Module):
     In train mode ``forward`` returns :class:`ReidOutput`; in eval mode it returns the L2-normalised
     neck features ``N×D`` used for retrieval and clustering.
 
-    ``compute_dtype`` (bf16 / fp16, None = float32; set from the run's ``precision``) is the dtype the
-    backbone runs in under autocast; its map is returned as float32, so everything after it, and
+    ``compute_dtype`` (bf16 / fp16, None = float32; the run's ``precision``, decided once and given
+    when the model is built) is the dtype the backbone runs in under autocast; its map is returned as float32, so everything after it, and
     every output, is float32. It is not part of the state dict.
     """
 
@@ -61,6 +61,7 @@ class ReidModel(nn.Module):
         neck: bool = True,
         extra_bn: bool = False,
         embedding_dim: int = 0,
+        compute_dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
         if num_classes < 0:
@@ -81,7 +82,7 @@ class ReidModel(nn.Module):
         self.neck: BNNeck | None = BNNeck(self._feature_dim) if neck else None
         self.classifier: nn.Linear | None = None
         self.reset_classifier(num_classes)
-        self.compute_dtype: torch.dtype | None = None
+        self.compute_dtype = compute_dtype
 
     @property
     def feature_dim(self) -> int:

@@ -1,78 +1,88 @@
-"""MoCo v2 as LUPerson pre-trained re-ID backbones (METHODS.md §7).
+"""MoCo v2 as LUPerson pre-trained re-ID backbones (docs/methods.md §7).
 
-A query encoder learns; a key encoder follows it by EMA; each query view's positive is the key view
-of the same image, its negatives a queue of keys of earlier batches. BatchNorm would let a query
-find its key through shared batch statistics, so, as MoCo's shuffle BN does across GPUs, both
-encoders normalise over ``bn_groups`` chunks of the batch and the key batch is shuffled before its
-encoder: a key never shares its statistics chunk with its own query.
+The trained network is the query encoder; a key encoder follows it by EMA; each query view's
+positive is the key view of the same image, its negatives a queue of keys of earlier batches.
+BatchNorm would let a query find its key through shared batch statistics, so, as MoCo's shuffle BN
+does across GPUs, both encoders normalise over ``pretrain.bn_groups`` chunks of the batch (the loop
+converts the network, the key encoder is its copy) and the key batch is shuffled before its encoder:
+a key never shares its statistics chunk with its own query.
 """
 
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import torch
 from torch import nn
 
-from ..config import PretrainConfig
 from ..losses.contrastive import info_nce
 from ..memory.key_queue import KeyQueue
-from ..models.batchnorm import convert_to_grouped_bn
-from ..models.projection_encoder import ProjectionEncoder
-from ..registry import Registry
+from ..methods.base import AdaptContext, StepOutput
+from .base import PRETRAINERS, PretrainingMethod
 
-PRETRAINERS: Registry[type["MoCo"]] = Registry("pre-training method", "pretrain.method")
+
+class MomentumKeys(nn.Module):
+    """The key encoder (an EMA copy of the query encoder, no gradient) and the global key queue."""
+
+    def __init__(self, query_encoder: nn.Module, queue_size: int, dim: int) -> None:
+        super().__init__()
+        self.encoder_k = copy.deepcopy(query_encoder)
+        for parameter in self.encoder_k.parameters():
+            parameter.requires_grad_(False)
+        self.queue = KeyQueue(queue_size, dim)
 
 
 @PRETRAINERS.register("moco")
-class MoCo(nn.Module):
-    """Query/key encoders, the global queue and InfoNCE; ``forward(views)`` returns the step's losses."""
+class MoCo(PretrainingMethod):
+    """MoCo v2: InfoNCE of each query against its key and a queue of earlier keys."""
 
-    #: The views a batch must hold (``ContrastiveViews``): UP-ReID adds the original image.
-    needs_original = False
+    def setup(self, ctx: AdaptContext, state: dict[str, Any] | None = None) -> None:
+        self.keys = self._build_keys(ctx.unwrapped_model).to(ctx.device).train()  # shuffle BN: batch statistics
+        if state is not None:
+            self.keys.load_state_dict(state)
 
-    def __init__(self, arch: str, options: PretrainConfig) -> None:
-        super().__init__()
-        self.options = options
-        encoder = ProjectionEncoder(arch, dim=options.dim, last_stride=options.last_stride)
-        self.encoder_q = convert_to_grouped_bn(encoder, options.bn_groups)
-        self.encoder_k = copy.deepcopy(self.encoder_q)
-        for parameter in self.encoder_k.parameters():
-            parameter.requires_grad_(False)
-        self.queue = KeyQueue(options.queue_size, options.dim)
-
-    @property
-    def compute_dtype(self) -> torch.dtype | None:
-        return self.encoder_q.compute_dtype
-
-    @compute_dtype.setter
-    def compute_dtype(self, dtype: torch.dtype | None) -> None:
-        self.encoder_q.compute_dtype = self.encoder_k.compute_dtype = dtype
+    def _build_keys(self, query_encoder: nn.Module) -> nn.Module:
+        return MomentumKeys(query_encoder, self.config.pretrain.queue_size, self.config.pretrain.dim)
 
     @torch.no_grad()
-    def update_key_encoder(self) -> None:
+    def update_key_encoder(self, query_encoder: nn.Module) -> None:
         """key ← m·key + (1 − m)·query, parameter by parameter (the key encoder's BN statistics are its own)."""
-        momentum = self.options.key_momentum
-        for key, query in zip(self.encoder_k.parameters(), self.encoder_q.parameters()):
+        momentum = self.config.pretrain.key_momentum
+        for key, query in zip(self.keys.encoder_k.parameters(), query_encoder.parameters()):
             key.mul_(momentum).add_(query.detach(), alpha=1.0 - momentum)
 
     @torch.no_grad()
     def encode_keys(self, images: torch.Tensor) -> torch.Tensor:
         """Key projections in the order of ``images``, computed on a shuffled batch (see the module doc)."""
         order = torch.randperm(len(images), device=images.device)
-        keys = self.encoder_k(images[order])
+        keys = self.keys.encoder_k(images[order])
         return keys[torch.argsort(order)]
 
-    def forward(self, views: dict[str, torch.Tensor], gather=lambda keys: keys) -> dict[str, torch.Tensor]:
-        """``{"loss": total, ...parts}`` of one step; enqueues the step's keys (``gather`` joins every
-        process's keys under DDP, so the queues stay identical)."""
-        query = self.encoder_q(views["query"])
-        self.update_key_encoder()
-        key = self.encode_keys(views["key"])
-        loss = info_nce(query, key, self.queue.keys.clone(), self.options.temperature)
-        self.queue.enqueue(gather(key))
-        return {"loss": loss, "global_nce": loss.detach()}
+    def views(self, batch: dict[str, dict[str, Any]], ctx: AdaptContext) -> dict[str, torch.Tensor]:
+        return {name: images.to(ctx.device, non_blocking=True) for name, images in batch["target"]["image"].items()}
 
-    def backbone_state(self) -> dict[str, torch.Tensor]:
-        """The query encoder's backbone with torchvision's key names: what fine-tuning starts from."""
-        return {name: tensor.detach().cpu().clone() for name, tensor in self.encoder_q.backbone.state_dict().items()}
+    def training_step(self, ctx: AdaptContext, batch: dict[str, dict[str, Any]]) -> StepOutput:
+        """InfoNCE on the queue as it was; then the step's keys (every rank's) are enqueued."""
+        views = self.views(batch, ctx)
+        query = ctx.model(views["query"])
+        self.update_key_encoder(ctx.unwrapped_model)
+        key = self.encode_keys(views["key"])
+        loss = info_nce(query, key, self.keys.queue.keys.clone(), self.config.pretrain.temperature)
+        self.keys.queue.enqueue(ctx.dist.gather_batch(key))
+        return StepOutput({"loss_global_nce": loss}, query)
+
+    def after_epoch(self, ctx: AdaptContext) -> list[str]:
+        """Under torchrun: the key encoder's BN statistics as rank 0's (each rank normalised its own slice),
+        and a check that the query weights and the queues are the same on every rank."""
+        dist = ctx.dist
+        dist.sync_buffers_from_main(self.keys)
+        if not dist.is_distributed:
+            return []
+        dist.check_identical("query encoder weights and key queues", *ctx.unwrapped_model.parameters(),
+                             *[buffer for name, buffer in self.keys.named_buffers() if "queue" in name],
+                             cause="The gradient exchange or the key gathering is broken: please report it")
+        return [f"epoch {ctx.epoch + 1}: weights and queue identical on all {dist.world_size} processes"]
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.keys.state_dict()

@@ -11,60 +11,76 @@
 
 The paper's "m = 0.9" is read as SGD momentum (the recipe keeps MoCo's key EMA 0.999, as LUPerson's
 pre-training that UP-ReID builds on); ``--set pretrain.key_momentum=0.9`` is the other reading.
+Each logged loss is the term as it enters the total (weights applied).
 """
 
 from __future__ import annotations
 
+from typing import Any, Callable
+
 import torch
 from torch import nn
 
-from ..config import PretrainConfig
-from ..errors import ConfigError
-from ..losses.contrastive import MMD_ESTIMATORS, consistency_loss, info_nce, multi_positive_info_nce
+from ..losses.contrastive import consistency_loss, info_nce, multi_positive_info_nce
 from ..memory.key_queue import KeyQueue
+from ..methods.base import AdaptContext, StepOutput
 from ..models.projection_encoder import cut_patches, mirrored_patch
-from .moco import PRETRAINERS, MoCo
+from .base import PRETRAINERS
+from .moco import MoCo, MomentumKeys
+
+
+class MomentumKeysWithPatches(MomentumKeys):
+    """MoCo's key encoder and queue, plus one queue of patch keys per patch position."""
+
+    def __init__(self, query_encoder: nn.Module, queue_size: int, dim: int, patches: int) -> None:
+        super().__init__(query_encoder, queue_size, dim)
+        self.patch_queues = nn.ModuleList(KeyQueue(queue_size, dim) for _ in range(patches))
 
 
 @PRETRAINERS.register("upreid")
 class UPReID(MoCo):
+    """UP-ReID: MoCo's InfoNCE, patch InfoNCE with mirrored positives, and MMD consistency with the originals."""
+
     needs_original = True
 
-    def __init__(self, arch: str, options: PretrainConfig) -> None:
-        super().__init__(arch, options)
-        if options.mmd not in MMD_ESTIMATORS:
-            raise ConfigError(f"pretrain.mmd: unknown estimator {options.mmd!r}; known: {', '.join(MMD_ESTIMATORS)}")
-        self.patches = options.stripes * options.columns
-        self.patch_queues = nn.ModuleList(KeyQueue(options.queue_size, options.dim) for _ in range(self.patches))
+    @property
+    def patches(self) -> int:
+        return self.config.pretrain.stripes * self.config.pretrain.columns
 
-    def _patch_projections(self, images: torch.Tensor, encoder) -> torch.Tensor:
+    def _build_keys(self, query_encoder: nn.Module) -> nn.Module:
+        o = self.config.pretrain
+        return MomentumKeysWithPatches(query_encoder, o.queue_size, o.dim, self.patches)
+
+    def patch_projections(self, images: torch.Tensor, encoder: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
         """``N×3×H×W`` -> ``N×M×dim``: every patch through ``encoder`` as its own image."""
-        patches = cut_patches(images, self.options.stripes, self.options.columns)
+        o = self.config.pretrain
+        patches = cut_patches(images, o.stripes, o.columns)
         return encoder(patches).reshape(len(images), self.patches, -1)
 
-    def forward(self, views: dict[str, torch.Tensor], gather=lambda keys: keys) -> dict[str, torch.Tensor]:
-        o = self.options
-        query = self.encoder_q(views["query"])
-        query_patches = self._patch_projections(views["query"], self.encoder_q)
-        self.update_key_encoder()
+    def training_step(self, ctx: AdaptContext, batch: dict[str, dict[str, Any]]) -> StepOutput:
+        o = self.config.pretrain
+        views = self.views(batch, ctx)
+        query = ctx.model(views["query"])
+        query_patches = self.patch_projections(views["query"], ctx.model)
+        self.update_key_encoder(ctx.unwrapped_model)
         key = self.encode_keys(views["key"])
         with torch.no_grad():
-            key_patches = self._patch_projections(views["key"], self.encode_keys)
-            original_query = self.encoder_q(views["original"])
+            key_patches = self.patch_projections(views["key"], self.encode_keys)
+            original_query = ctx.unwrapped_model(views["original"])
             original_key = self.encode_keys(views["original"])
 
-        global_nce = info_nce(query, key, self.queue.keys.clone(), o.temperature)
+        global_nce = info_nce(query, key, self.keys.queue.keys.clone(), o.temperature)
         patch_nce = []
         for i in range(self.patches):
             positives = torch.stack([key_patches[:, mirrored_patch(i, o.columns)], key_patches[:, i]], dim=1)
             patch_nce.append(multi_positive_info_nce(query_patches[:, i], positives,
-                                                     self.patch_queues[i].keys.clone(), o.patch_temperature))
+                                                     self.keys.patch_queues[i].keys.clone(), o.patch_temperature))
         patch_nce = torch.stack(patch_nce).mean()
-        consist = consistency_loss(query, key, original_query, original_key, o.mmd)
-        loss = o.consistency_weight * consist + o.global_weight * global_nce + o.patch_weight * patch_nce
+        consistency = consistency_loss(query, key, original_query, original_key, o.mmd)
 
-        self.queue.enqueue(gather(key))
-        for i, patch_queue in enumerate(self.patch_queues):
-            patch_queue.enqueue(gather(key_patches[:, i].contiguous()))
-        return {"loss": loss, "global_nce": global_nce.detach(), "patch_nce": patch_nce.detach(),
-                "consistency": consist.detach()}
+        self.keys.queue.enqueue(ctx.dist.gather_batch(key))
+        for i, patch_queue in enumerate(self.keys.patch_queues):
+            patch_queue.enqueue(ctx.dist.gather_batch(key_patches[:, i].contiguous()))
+        losses = {"loss_consistency": o.consistency_weight * consistency, "loss_global_nce": o.global_weight * global_nce,
+                  "loss_patch_nce": o.patch_weight * patch_nce}
+        return StepOutput(losses, query)

@@ -1,0 +1,121 @@
+"""Options several commands share, and how a command turns recipe + flags into a ``RunConfig``."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+
+import click
+
+from ..config import PRECISIONS, RunConfig, apply_overrides, find_recipe, load_recipe, parse_set_options
+from ..errors import ConfigError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class Opt:
+    """A click option declared once and used twice: as a decorator on a command written out, and as
+    an option object in the lists of options the training commands build on demand."""
+
+    def __init__(self, *decls: str, **attrs: Any) -> None:
+        self.decls, self.attrs = decls, attrs
+
+    def __call__(self, f: F) -> F:
+        return click.option(*self.decls, **self.attrs)(f)
+
+    def build(self) -> click.Option:
+        return click.Option(list(self.decls), **self.attrs)
+
+
+DATA_ROOT = Opt("--data-root", type=click.Path(file_okay=False, path_type=Path), default=None,
+                help="Folder holding the datasets (default: $UDAREID_DATA, else ~/.cache/udareid/data).")
+DEVICE = Opt("--device", default=None, help="auto (cuda when available, else cpu), cpu, cuda or cuda:N.")
+PRECISION = Opt(
+    "--precision", type=click.Choice(list(PRECISIONS)), default=None,
+    help="Backbone arithmetic: fp32, bf16 (CPUs with AVX-512 BF16/AMX, recent GPUs), fp16 (GPUs, with loss "
+         "scaling) or auto (fp16 on GPUs, bf16 where the CPU has it, else fp32). Losses, memories and "
+         "checkpoints stay float32. Default: the recipe's (fp32).",
+)
+DATASET_OPTION = Opt(
+    "--dataset-option", "dataset_options", multiple=True, metavar="[NAME.]KEY=VALUE",
+    help="A dataset's own option, saved in the run's config (so --resume and evaluate find the same data): "
+         "camera_regex=REGEX or none (folder), variant=detected (cuhk03). Without NAME. it is the target's "
+         "(train / evaluate: the --dataset's).",
+)
+QUIET = Opt("--quiet", is_flag=True, help="No progress bars.")
+INIT = Opt("--init", default=None, help="Initial weights: imagenet (torchvision's, downloaded once into the torch "
+                                        "cache), imagenet:PATH, lup:PATH, upreid:PATH, moco:PATH (udareid pretrain's "
+                                        "backbone.pth) or a uda_reid checkpoint.")
+EVAL_ON = Opt("--eval-on", "eval_on", multiple=True, help="Also evaluate the final model on this dataset (repeatable).")
+
+#: Device, precision, dataset options, seed, resume, --set and --quiet: every training command's last options.
+RUN_CONTROL = (
+    DEVICE,
+    PRECISION,
+    DATASET_OPTION,
+    Opt("--seed", type=click.IntRange(min=0), default=None, help="Random seed (default: the recipe's)."),
+    Opt("--resume", is_flag=True, help="Continue the run in --out from its last.pt."),
+    Opt("--set", "set_options", multiple=True, metavar="KEY=VALUE",
+        help="Override any recipe key, e.g. --set optim.lr=1e-4 --set clustering.eps=0.5."),
+    QUIET,
+)
+
+
+def with_dataset_options(config: RunConfig, default_spec: str, pairs: tuple[str, ...], specs: list[str]) -> RunConfig:
+    """``config`` with ``--dataset-option`` pairs merged into ``dataset_options``, each checked against
+    the dataset it names (before any work, so a typo costs nothing)."""
+    from ..data.datasets import canonical_name, checked_options, split_spec
+
+    merged = {name: dict(values) for name, values in config.dataset_options.items()}
+    for key, value in parse_set_options(pairs, "--dataset-option").items():
+        prefix, _, option = key.rpartition(".")
+        name = split_spec(canonical_name(prefix))[0] if prefix else split_spec(default_spec)[0]
+        merged.setdefault(name, {})[option] = value
+    for spec in specs:  # every dataset the run reads, with the options it will get
+        checked_options(spec, merged.get(split_spec(spec)[0], {}))
+    return dataclasses.replace(config, dataset_options=merged)
+
+
+def resolve_config(recipe: str, overrides: dict[str, Any], set_options: tuple[str, ...]) -> RunConfig:
+    """Recipe file, then the explicit flags, then ``--set key=value`` pairs."""
+    config = load_recipe(find_recipe(recipe))
+    config = apply_overrides(config, {k: v for k, v in overrides.items() if v is not None}, "option")
+    return apply_overrides(config, parse_set_options(set_options), "--set")
+
+
+def shared_overrides(init, arch, device, precision, seed, eval_on) -> dict[str, Any]:
+    """The flags every training command shares, as dotted config keys (None = keep the recipe's)."""
+    return {
+        "model.init": init,
+        "model.arch": arch,
+        "device": device,
+        "precision": precision,
+        "seed": seed,
+        "eval_datasets": list(eval_on) if eval_on else None,
+    }
+
+
+def prepare_run_dir(out: Path, resume: bool) -> None:
+    """Never silently overwrite or half-reuse an earlier run: a folder where a run started (its
+    ``config.yaml``) is continued with --resume, or left alone."""
+    started = (out / "config.yaml").exists() or (out / "last.pt").exists()
+    if resume:
+        if not started:
+            raise ConfigError(f"--resume: {out} holds no run to resume (no config.yaml or last.pt)")
+        return
+    if started:
+        raise ConfigError(
+            f"--out {out} already holds a run; pass --resume to continue it or choose another --out"
+        )
+
+
+def run_on_every_process(run, config: RunConfig, out: Path, *, data_root, resume: bool, quiet: bool):
+    """``run(config, out, ...)`` on every torchrun process (or the one process); its summary on rank 0,
+    None on the others (which print nothing)."""
+    from ..distributed import distributed_session
+
+    with distributed_session(config.device) as dist:
+        prepare_run_dir(out, resume)
+        summary = run(config, out, data_root=data_root, resume=resume, progress=not quiet, dist=dist)
+        return summary if dist.is_main else None
