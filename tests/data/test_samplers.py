@@ -144,7 +144,7 @@ def test_pass_sampler_draws_repeat_per_epoch_and_differ_between_epochs():
 
 
 def test_pass_sampler_bad_input_is_named():
-    with pytest.raises(UnknownNameError, match="unknown batch sampler 'pk' for adapt.sampler; known: multi_gallery"):
+    with pytest.raises(UnknownNameError, match="unknown batch sampler 'pk' for adapt.sampler; known: every_image, multi_gallery"):
         PassSampler([0, 0], rule="pk", batch_size=2, num_instances=2, num_batches=1)
     with pytest.raises(ConfigError, match="all labels are -1"):
         PassSampler([-1, -1], rule="multi_gallery", batch_size=2, num_instances=2, num_batches=1)
