@@ -125,14 +125,15 @@ def test_adapt_and_usl_commands_run_and_save_the_resolved_config(tmp_path, comma
 
     data_root = write_two_domains(tmp_path / "data")
     out = tmp_path / "run"
-    args = command + ["--data-root", str(data_root), "--out", str(out), "--epochs", "1", "--quiet", *_sets()]
+    bf16_size = ["--set", "data.height=64", "--set", "data.width=32"] if "bf16" in command else []  # tiny_reid_data.BF16_SIZE
+    args = command + ["--data-root", str(data_root), "--out", str(out), "--epochs", "1", "--quiet", *_sets(), *bf16_size]
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
     assert "initial: mAP" in result.output and "adapted: mAP" in result.output
     import yaml
 
     saved = yaml.safe_load((out / "config.yaml").read_text())
-    assert saved["target"] == "dukemtmc" and saved["adapt"]["epochs"] == 1 and saved["data"]["height"] == 32
+    assert saved["target"] == "dukemtmc" and saved["adapt"]["epochs"] == 1 and saved["data"]["height"] == (64 if bf16_size else 32)
     assert saved["source"] == ("market1501" if command[0] == "adapt" else None)
     assert saved["precision"] == ("bf16" if "--precision" in command else "fp32")
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]

@@ -33,7 +33,7 @@ import pickle
 import random
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, Callable, Iterator, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence, TypeVar
 
 import numpy as np
 import torch
@@ -43,6 +43,9 @@ from torch.nn.parallel import DistributedDataParallel
 
 from .errors import ConfigError, UdaReidError
 from .device import resolve_device
+
+if TYPE_CHECKING:
+    from .config import RunConfig
 
 #: Minutes a collective may wait for the other ranks (rank 0 clusters alone while they wait).
 TIMEOUT_ENV = "UDAREID_DIST_TIMEOUT_MINUTES"
@@ -330,6 +333,29 @@ def bn_groups_per_process(bn_groups: int, world_size: int, *, sync_bn: bool = Fa
             f"whole batch, as {key}=1 on one process)"
         )
     return bn_groups // world_size
+
+
+def check_batch_split(config: RunConfig, world_size: int, section: str = "adapt", *, batch_size: int | None = None,
+                      batch_key: str = "data.batch_size") -> None:
+    """Refuse batch and BatchNorm settings the processes cannot split (equal slices of each batch,
+    BatchNorm groups that are equal parts of the batch and a multiple of the processes).
+    ``section``: where the BatchNorm settings are (``adapt``, ``train`` or ``pretrain``); ``batch_size``:
+    the global batch (default ``data.batch_size``), named ``batch_key`` in messages."""
+    data, stage = config.data, getattr(config, section)
+    batch = data.batch_size if batch_size is None else batch_size
+    if data.num_instances < 1 or batch < 1 or batch % world_size:
+        raise ConfigError(
+            f"{batch_key} ({batch}) must be a positive multiple of the number of processes "
+            f"({world_size}) and data.num_instances ({data.num_instances}) positive, so that every process "
+            f"gets an equal share of each batch; change {batch_key} or the number of processes"
+        )
+    bn_groups_per_process(stage.bn_groups, world_size, sync_bn=getattr(stage, "sync_bn", False), section=section)
+    if batch % stage.bn_groups:
+        raise ConfigError(
+            f"{section}.bn_groups ({stage.bn_groups}) must divide {batch_key} ({batch}): "
+            f"BatchNorm groups are equal parts of the batch"
+        )
+
 
 
 def _picklable(obj: Any) -> bool:

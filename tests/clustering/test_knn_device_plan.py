@@ -7,7 +7,6 @@ import torch
 from clustering_inputs import clustered_features
 from live_tensor_bytes import LiveTensorBytes
 
-from uda_reid.clustering import knn as knn_module
 from uda_reid.clustering.inputs import InvalidParameterError, l2_normalised
 from uda_reid.clustering.knn import (
     DEVICE_MAX_BLOCK,

@@ -41,7 +41,9 @@ from uda_reid.distributed import (
 )
 from uda_reid.engine.epoch_records import load_epoch_records
 from uda_reid.models.features import extract_features
-from uda_reid.engine.loop import adapt, check_batch_split, rank_rng_states
+from uda_reid.distributed import check_batch_split
+from uda_reid.engine.loop import adapt
+from uda_reid.engine.seeding import rank_rng_states
 from uda_reid.engine.seeding import seed_everything
 from uda_reid.errors import ConfigError
 from uda_reid.models.factory import build_model

@@ -133,7 +133,8 @@ def test_bf16_pretraining_runs_the_backbone_in_bf16_and_keeps_float32_weights(tm
         return forward(self, images)
 
     monkeypatch.setattr(ProjectionEncoder, "forward", recording)
-    config = tiny_pretrain_config(**{"precision": "bf16", "pretrain.epochs": 1, "pretrain.iters_per_epoch": 1})
+    config = tiny_pretrain_config(**{"precision": "bf16", "pretrain.epochs": 1, "pretrain.iters_per_epoch": 1,
+                                     "data.height": 128, "data.width": 64})  # last stride 2: BF16_SIZE doubled
     pretrain(config, tmp_path / "bf16", data_root=data_root, progress=False)
     assert seen and set(seen) == {torch.bfloat16}
     state = torch.load(tmp_path / "bf16" / "backbone.pth", weights_only=True)

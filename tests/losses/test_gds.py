@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from uda_reid.config import GdsConfig
+from uda_reid.addons.gds import GdsOptions
 from uda_reid.errors import ConfigError
 from uda_reid.losses.gds import (
     GlobalDistanceSeparation,
@@ -20,7 +20,7 @@ from uda_reid.losses.gds import (
 
 
 def gds(**changes) -> GlobalDistanceSeparation:
-    return GlobalDistanceSeparation(dataclasses.replace(GdsConfig(enabled=True), **changes))
+    return GlobalDistanceSeparation(dataclasses.replace(GdsOptions(enabled=True), **changes))
 
 
 def test_pair_distances_split_every_unordered_pair_by_label():

@@ -9,7 +9,7 @@ float32) a step gives the fp32 losses within 3 %. Unknown options are refused by
 import math
 
 import pytest
-from tiny_reid_data import assert_resume_reaches_the_uninterrupted_run, metrics_rows, tiny_adapt_config, write_two_domains
+from tiny_reid_data import BF16_SIZE, assert_resume_reaches_the_uninterrupted_run, metrics_rows, tiny_adapt_config, write_two_domains
 
 from uda_reid.addons import ADD_ONS
 from uda_reid.config import RunConfig, apply_overrides, choices_of
@@ -106,7 +106,7 @@ def test_a_bf16_step_gives_the_fp32_losses_within_three_percent(case, tmp_path, 
     rows = {}
     for precision in ("fp32", "bf16"):
         config = tiny_run_config(method, {**overrides, f"{section}.epochs": 1, f"{section}.iters_per_epoch": 1,
-                                          "precision": precision})
+                                          "precision": precision, **BF16_SIZE})
         adapt(config, tmp_path / precision, data_root=data_root, progress=False)
         rows[precision] = next(r for r in metrics_rows(tmp_path / precision) if r["epoch"] == 1)
     assert rows["bf16"].get("clusters") == rows["fp32"].get("clusters")  # the same pseudo-labels: the losses compare

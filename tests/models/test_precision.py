@@ -40,7 +40,7 @@ def test_the_backbone_runs_in_bf16_and_the_outputs_and_weights_stay_float32():
     exact_model = ReidModel("resnet18", num_classes=5).train()
     model = ReidModel("resnet18", num_classes=5, compute_dtype=torch.bfloat16).train()  # the precision, given once
     model.load_state_dict(exact_model.state_dict())
-    images = torch.randn(4, 3, 32, 16)
+    images = torch.randn(4, 3, 64, 32)  # tiny_reid_data.BF16_SIZE
     seen = []
     model.backbone.register_forward_hook(lambda module, inputs, output: seen.append(output.dtype))
     mixed = model(images)

@@ -29,6 +29,7 @@ def _trained_model(weights: str, arch: str, set_options: tuple[str, ...], device
     """(model on its device in the run's precision, the config it was trained with + --recipe / --set, the device)."""
     from ..device import resolve_device
     from ..models.factory import model_from_weights
+    from ..models.arithmetic_check import checked_precision
     from ..precision import resolve_precision
 
     model, config = model_from_weights(weights, arch)  # the run's config: its precision, unless --precision
@@ -36,8 +37,13 @@ def _trained_model(weights: str, arch: str, set_options: tuple[str, ...], device
         config = load_recipe(find_recipe(recipe), base=config)
     config = apply_overrides(config, parse_set_options(set_options), "--set")
     torch_device = resolve_device(device or "auto")
-    dtype = resolve_precision(precision or config.precision, torch_device).dtype  # decided once, given to the model
-    model, _ = model_from_weights(weights, arch, compute_dtype=dtype)
+    requested = precision or config.precision
+    resolved, note = checked_precision(resolve_precision(requested, torch_device), requested, model.backbone,
+                                       config.data.height, config.data.width, batch=config.data.eval_batch_size,
+                                       backward=False)  # decided once (fp32 if this CPU gets it wrong), given to the model
+    if note is not None:
+        click.echo(f"note: {note}", err=True)
+    model, _ = model_from_weights(weights, arch, compute_dtype=resolved.dtype)
     return model.to(torch_device), config, torch_device
 
 

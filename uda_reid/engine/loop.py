@@ -42,22 +42,23 @@ from ..data.datasets import ReidDataset, Sample, load_dataset, options_for
 from ..data.image_dataset import ImageDataset, readable_dataset
 from ..data.samplers import batches_per_pass, build_batch_sampler, check_sampler_rule
 from ..device import loader_workers
-from ..distributed import DistributedContext, bn_groups_per_process, init_distributed, unwrap_model
+from ..distributed import DistributedContext, bn_groups_per_process, check_batch_split, init_distributed, unwrap_model
 from ..errors import ConfigError, TrainingDivergedError
 from ..evaluation.protocol import evaluate_model
 from ..fileio import atomic_path, atomic_write_text, remove_stale_temporaries
 from ..methods import AdaptContext, Method, StepOutput, build_method
 from ..models.batchnorm import convert_to_grouped_bn
 from ..models.checkpoints import load_checkpoint, save_checkpoint
+from ..models.arithmetic_check import checked_precision
 from ..precision import resolve_precision
 from .epoch_labels import EpochLabelling, clusterer_options, ground_truth_clusters
 from .optim import build_optimizer, build_scheduler
 from .run_configs import source_stage_config, supervised_config
 from .run_log import RunLog
-from .seeding import rng_state, seed_everything, set_rng_state
+from .seeding import rank_rng_states, rng_state, seed_everything, set_rng_state
 
 __all__ = ["TrainingLoop", "adapt", "train_supervised", "supervised_config", "source_stage_config",
-           "check_batch_split", "rank_rng_states", "step_losses", "apply_step", "clusterer_options",
+           "step_losses", "apply_step", "clusterer_options",
            "ground_truth_clusters"]
 
 #: How the screen and log name a run's epochs, by the method's settings section.
@@ -188,6 +189,20 @@ class TrainingLoop(EpochLabelling):
             seed_everything(config.seed)  # adaptation then draws as a run started with --init <stage>/best.pt
         return dataclasses.replace(config.model, init=str(stage_dir / "best.pt"))
 
+    def _build_model(self, num_classes: int) -> tuple[torch.nn.Module, Any]:
+        """The network in the run's precision, once this machine is seen to compute it right at the run's
+        image size (``precision auto`` falls back to fp32 otherwise; a chosen one is refused)."""
+        model_config = self._initial_model_config()
+        model, report = self.method.build_model(model_config, num_classes, self.precision.dtype)
+        data = self.config.data
+        precision, note = checked_precision(self.precision, self.config.precision, model.backbone, data.height,
+                                            data.width, batch=self.batch_size // self.dist.world_size, backward=True)
+        if note is not None:
+            self._say(f"note: {note}")
+            self.precision = precision
+            model, report = self.method.build_model(model_config, num_classes, precision.dtype)
+        return model, report
+
     def _resume_state(self) -> dict[str, Any] | None:
         """``last.pt``'s content when resuming a run that wrote one (a UDA run stopped in its source
         stage has none yet: it then starts its adaptation afresh)."""
@@ -222,8 +237,7 @@ class TrainingLoop(EpochLabelling):
             self.log.info(f"resume: {self.run_dir} already finished its {self.stage.epochs} epochs; nothing to do")
             return json.loads((self.run_dir / "summary.json").read_text())
 
-        model, report = self.method.build_model(self._initial_model_config(), self.method.num_classes(target_samples),
-                                                self.precision.dtype)
+        model, report = self._build_model(self.method.num_classes(target_samples))
         if report is not None:
             self.log.info(f"initial weights: {report}")
         else:
@@ -541,39 +555,6 @@ def _classifier_size(state: dict[str, torch.Tensor]) -> int:
 
 def _same_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
     return a.keys() == b.keys() and all(a[k] is b[k] or torch.equal(a[k], b[k]) for k in a)
-
-
-def check_batch_split(config: RunConfig, world_size: int, section: str = "adapt", *, batch_size: int | None = None,
-                      batch_key: str = "data.batch_size") -> None:
-    """Refuse batch and BatchNorm settings the processes cannot split (equal slices of each batch,
-    BatchNorm groups that are equal parts of the batch and a multiple of the processes).
-    ``section``: where the BatchNorm settings are (``adapt``, ``train`` or ``pretrain``); ``batch_size``:
-    the global batch (default ``data.batch_size``), named ``batch_key`` in messages."""
-    data, stage = config.data, getattr(config, section)
-    batch = data.batch_size if batch_size is None else batch_size
-    if data.num_instances < 1 or batch < 1 or batch % world_size:
-        raise ConfigError(
-            f"{batch_key} ({batch}) must be a positive multiple of the number of processes "
-            f"({world_size}) and data.num_instances ({data.num_instances}) positive, so that every process "
-            f"gets an equal share of each batch; change {batch_key} or the number of processes"
-        )
-    bn_groups_per_process(stage.bn_groups, world_size, sync_bn=getattr(stage, "sync_bn", False), section=section)
-    if batch % stage.bn_groups:
-        raise ConfigError(
-            f"{section}.bn_groups ({stage.bn_groups}) must divide {batch_key} ({batch}): "
-            f"BatchNorm groups are equal parts of the batch"
-        )
-
-
-def rank_rng_states(train_state: dict[str, Any], world_size: int) -> list[dict[str, Any]] | None:
-    """The random states a checkpoint saved, one per rank, or None when another number of processes wrote it.
-
-    The number of processes is not part of the training (``bn_groups`` counts groups of the global
-    batch), so a run may resume on another number of GPUs; only the random streams (augmentation
-    draws) cannot be carried over then.
-    """
-    states = list(train_state["rng"])
-    return states if len(states) == world_size else None
 
 
 def _set_head_parameters(optimizer: torch.optim.Optimizer, parameters: list[torch.nn.Parameter]) -> None:

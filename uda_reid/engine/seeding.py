@@ -38,3 +38,14 @@ def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
     torch.set_rng_state(state["torch"])
     if state["cuda"] and device.type == "cuda":
         torch.cuda.set_rng_state(state["cuda"][0], device)  # this process's GPU only
+
+
+def rank_rng_states(train_state: dict[str, Any], world_size: int) -> list[dict[str, Any]] | None:
+    """The random states a checkpoint saved, one per rank, or None when another number of processes wrote it.
+
+    The number of processes is not part of the training (``bn_groups`` counts groups of the global
+    batch), so a run may resume on another number of GPUs; only the random streams (augmentation
+    draws) cannot be carried over then.
+    """
+    states = list(train_state["rng"])
+    return states if len(states) == world_size else None
