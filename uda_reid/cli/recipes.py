@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -16,13 +17,19 @@ from .group import cli
 
 
 def description(path: Path) -> str:
-    """The recipe's first comment line: what setting it is."""
+    """The first sentence of the recipe's leading comment: what setting it is."""
+    lines = []
     for line in path.read_text().splitlines():
-        if line.startswith("#"):
-            return line.lstrip("#").strip()
-        if line.strip():
-            break
-    return ""
+        if not line.startswith("#"):
+            if line.strip() or lines:
+                break
+            continue
+        lines.append(line.lstrip("#").strip())
+    return re.split(r"(?<=\.)\s+(?=[A-Z])", " ".join(lines), maxsplit=1)[0]
+
+
+def _cut(text: str, limit: int = 110) -> str:
+    return text if len(text) <= limit else text[:limit - 1].rstrip() + "…"
 
 
 def sections(path: Path) -> set[str]:
@@ -83,7 +90,7 @@ def recipes(as_json: bool) -> None:
     widths = {key: max([len(title), *(len(row[key]) for row in rows)]) for key, title in headers.items()}
     click.echo("  ".join(title.ljust(widths[key]) for key, title in headers.items()) + "  description")
     for row in rows:
-        click.echo("  ".join(row[key].ljust(widths[key]) for key in headers) + f"  {row['description']}")
+        click.echo("  ".join(row[key].ljust(widths[key]) for key in headers) + f"  {_cut(row['description'])}")
     folders = [f"{folder} (UDAREID_RECIPES)" for folder in user_recipe_folders()] + [f"{recipes_dir()} (shipped)"]
     click.echo(f"\n{len(rows)} recipes, from {', then '.join(folders)}; a file of your own: --recipe FILE.yaml "
                f"(it may start with extends: NAME)")
