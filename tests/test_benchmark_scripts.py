@@ -11,7 +11,7 @@ def test_throughput_benchmark_reports_both_precisions_against_bare_passes():
     result = CliRunner().invoke(cli, ["bench", "throughput", "--sizes", "synthetic", "--precisions", "fp32,bf16",
                                       "--steps", "1", "--extract-images", "8", "--device", "cpu"])
     assert result.exit_code == 0, result.output
-    report = json.loads(result.output)
+    report = json.loads(result.stdout)
     synthetic = report["sizes"]["synthetic"]
     assert set(synthetic) == {"fp32", "bf16"}
     for figures in synthetic.values():
@@ -31,7 +31,7 @@ def test_evaluation_benchmark_with_re_ranking_gives_identical_figures_both_ways(
     result = CliRunner().invoke(cli, ["bench", "evaluation", "--rerank", "--queries", "40", "--gallery", "300", "--dim", "16",
                                       "--compare-queries", "30", "--compare-gallery", "200", "--ids", "20"])
     assert result.exit_code == 0, result.output
-    report = json.loads(result.output)
+    report = json.loads(result.stdout)
     assert report["rerank"] is True
     assert report["comparison"]["chunked"]["mode"] == "rerank_chunked"
     assert report["comparison"]["identical_figures"] is True

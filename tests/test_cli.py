@@ -34,7 +34,7 @@ def market_root(tmp_path):
 def test_data_stats_json_counts(market_root):
     result = CliRunner().invoke(cli, ["data", "stats", "--dataset", "market1501", "--root", str(market_root), "--json"])
     assert result.exit_code == 0, result.output
-    stats = json.loads(result.output)
+    stats = json.loads(result.stdout)
     assert stats["train"] == {"images": 3, "ids": 2, "cameras": 3}
     assert stats["gallery"]["images"] == 4 and stats["query"]["ids"] == 2
 
@@ -52,7 +52,8 @@ def test_missing_data_root_names_the_folder(tmp_path):
 
 
 def _run_checkpoint(tmp_path):
-    config = apply_overrides(RunConfig(), {"model.arch": "resnet18", "data.height": 32, "data.width": 16, "data.workers": 0})
+    config = apply_overrides(RunConfig(), {"model.arch": "resnet18", "data.height": 32, "data.width": 16, "data.workers": 0,
+                                           "data.normalization": "imagenet"})
     torch.manual_seed(0)
     model = ReidModel("resnet18", num_classes=2)
     save_checkpoint(tmp_path / "best.pt", config, 0, model=model.state_dict(), num_classes=2)

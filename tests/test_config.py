@@ -157,7 +157,7 @@ def test_a_wrong_type_names_the_key_the_value_and_the_expected_type(tmp_path):
     ("data.height", "0", "--set data.height=0: data.height must be >= 1, got 0"),
     ("adapt.epochs", "-3", "--set adapt.epochs=-3: adapt.epochs must be >= 0, got -3"),
     ("optim.milestones", "[5, -1]", "--set optim.milestones=[5, -1]: optim.milestones must be >= 0, got -1"),
-    ("data.normalization", "imagent", "data.normalization must be one of imagenet, lup, lup_pretrain, got 'imagent'"),
+    ("data.normalization", "imagent", "data.normalization must be one of auto, imagenet, lup, lup_pretrain, lup_vit, got 'imagent'"),
     ("pretrain.temperature", "0", "--set pretrain.temperature=0: pretrain.temperature must be > 0, got 0"),
     ("pretrain.queue_size", "-3", "--set pretrain.queue_size=-3: pretrain.queue_size must be >= 1, got -3"),
     ("pretrain.key_momentum", "7", "--set pretrain.key_momentum=7: pretrain.key_momentum must be in [0, 1), got 7"),

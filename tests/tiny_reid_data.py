@@ -135,6 +135,7 @@ def save_tiny_checkpoint(path: Path):
     from uda_reid.models.checkpoints import save_checkpoint
 
     config = apply_overrides(RunConfig(), {"model.arch": "resnet18", "data.height": 32, "data.width": 16,
+                                           "data.normalization": "imagenet",  # resolved, as a run writes it
                                            "data.workers": 0, "data.eval_batch_size": 10, "device": "cpu"})
     torch.manual_seed(0)
     model = ReidModel("resnet18")

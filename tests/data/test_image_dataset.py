@@ -24,7 +24,7 @@ def images(tmp_path):
 
 
 def test_item_has_image_label_camera_and_index(images):
-    dataset = ImageDataset(images[:1], build_test_transform(DataConfig(height=16, width=8)), labels=[5])
+    dataset = ImageDataset(images[:1], build_test_transform(DataConfig(height=16, width=8, normalization="imagenet")), labels=[5])
     item = dataset[0]
     assert item["image"].shape == (3, 16, 8)
     assert (item["pid"], item["camid"], item["index"]) == (5, 0, 0)
@@ -32,7 +32,7 @@ def test_item_has_image_label_camera_and_index(images):
 
 @pytest.mark.parametrize("index", [1, 2])
 def test_unreadable_image_error_names_the_file_and_the_way_out(images, index):
-    dataset = ImageDataset(images, build_test_transform(DataConfig(height=16, width=8)))
+    dataset = ImageDataset(images, build_test_transform(DataConfig(height=16, width=8, normalization="imagenet")))
     with pytest.raises(ImageReadError, match=rf"{images[index].path}.*data.skip_unreadable"):
         dataset[index]
 
@@ -44,7 +44,7 @@ def test_readable_samples_skips_with_one_warning(images):
 
 
 def test_train_transform_keeps_colours_and_erases_with_the_mean():
-    config = DataConfig(height=16, width=8, pad=0, flip_prob=0, random_erasing_prob=1.0)
+    config = DataConfig(height=16, width=8, normalization="imagenet", pad=0, flip_prob=0, random_erasing_prob=1.0)
     image = Image.fromarray(np.full((16, 8, 3), (255, 0, 0), np.uint8))
     out = build_train_transform(config)(image)
     test_out = build_test_transform(config)(image)

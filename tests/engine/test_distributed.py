@@ -44,6 +44,7 @@ from uda_reid.models.features import extract_features
 from uda_reid.distributed import check_batch_split
 from uda_reid.engine.loop import adapt
 from uda_reid.engine.seeding import rank_rng_states
+from uda_reid.models.normalization import with_resolved_normalization
 from uda_reid.engine.seeding import seed_everything
 from uda_reid.errors import ConfigError
 from uda_reid.models.factory import build_model
@@ -208,7 +209,7 @@ def _collectives_worker(rank: int, port: int, data_root: str) -> None:
             dist.check_identical("labels", np.arange(5) + rank)
 
         # Sharded extraction (3 + 2 images) gathers what one process extracts from all five.
-        config = tiny_adapt_config()
+        config, _ = with_resolved_normalization(tiny_adapt_config())
         seed_everything(0)
         model, _ = build_model(config.model)
         samples = load_dataset("dukemtmc", data_root).train[:5]
@@ -231,7 +232,7 @@ def _torchrun(*arguments: str) -> None:
 def _initial_weights(config: RunConfig) -> dict[str, torch.Tensor]:
     """The plain model every run starts from (the loop seeds, then builds)."""
     seed_everything(config.seed)
-    return build_model(config.model)[0].state_dict()
+    return build_model(config.model, image_size=(config.data.height, config.data.width))[0].state_dict()
 
 
 def _assert_same_run(multi, single, config: RunConfig, *, weight_tolerance: float) -> None:
@@ -336,3 +337,18 @@ def test_two_process_spcl_uda_equals_one_process(tmp_path, data_root):
     assert row["loss_source"] > 0 and row["loss_target"] > 0
     memory = [load_checkpoint(tmp_path / run / "last.pt")["train_state"]["method"]["memory"]["features"] for run in ("two", "one")]
     torch.testing.assert_close(memory[0], memory[1], rtol=0, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_two_process_cluster_contrast_on_the_lup_transformer_equals_one_process(tmp_path, data_root):
+    """TransReID-SSL's setting: cluster-contrast (hardest-instance memory update) on the ICS
+    ViT, whose BatchNorm lives in its convolution stem (bn_groups act there) and in the neck."""
+    config = _sgd(tiny_adapt_config(target="dukemtmc", dataset="dukemtmc", **SAME_IMAGES, **TWO_HALVES, **{
+        "adapt.method": "cluster_contrast", "model.arch": "vit_small_ics", "model.pooling": "token",
+        "method_options": {"hard_update": True, "momentum": 0.2}}))
+    recipe = tmp_path / "recipe.yaml"
+    save_config(config, recipe)
+    _torchrun("usl", "--dataset", "dukemtmc", "--method", "cluster_contrast", "--recipe", str(recipe),
+              "--data-root", str(data_root), "--out", str(tmp_path / "two"))
+    adapt(config, tmp_path / "one", data_root=data_root, progress=False)
+    _assert_same_run(tmp_path / "two", tmp_path / "one", config, weight_tolerance=1e-3)

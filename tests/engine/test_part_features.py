@@ -41,7 +41,7 @@ def model() -> PartReidModel:
 
 
 def config(batch_size: int) -> DataConfig:
-    return DataConfig(height=32, width=16, eval_batch_size=batch_size, workers=0)
+    return DataConfig(height=32, width=16, normalization="imagenet", eval_batch_size=batch_size, workers=0)
 
 
 def parts_by_hand(model: PartReidModel, samples: list[Sample]) -> torch.Tensor:

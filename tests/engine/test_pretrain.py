@@ -52,12 +52,12 @@ def test_pretraining_from_the_cli_gives_a_backbone_that_init_moco_reads_without_
                                          "--arch", "resnet18", "--data-root", str(data_root), "--json", "--quiet",
                                          "--set", "data.height=32", "--set", "data.width=16", "--device", "cpu"])
     assert evaluated.exit_code == 0, evaluated.output
-    assert json.loads(evaluated.output)["mAP"] == pytest.approx(rows[1]["mAP"], abs=0.01)
+    assert json.loads(evaluated.stdout)["mAP"] == pytest.approx(rows[1]["mAP"], abs=0.01)
     # The run's last.pt reads the same way, in evaluate (with the run's own image settings) and as --init.
     from_last = CliRunner().invoke(cli, ["evaluate", "--dataset", "duke", "--weights", str(out / "last.pt"),
                                          "--data-root", str(data_root), "--json", "--quiet", "--device", "cpu"])
     assert from_last.exit_code == 0, from_last.output
-    assert json.loads(from_last.output)["mAP"] == pytest.approx(rows[1]["mAP"], abs=0.01)
+    assert json.loads(from_last.stdout)["mAP"] == pytest.approx(rows[1]["mAP"], abs=0.01)
     again = ReidModel("resnet18")
     assert load_init(again, str(out / "last.pt")).matched_fraction == 1.0
     assert all(torch.equal(a, b) for a, b in zip(again.backbone.state_dict().values(), model.backbone.state_dict().values()))

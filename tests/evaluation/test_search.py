@@ -141,7 +141,7 @@ def test_a_labelled_dataset_colours_matches_by_identity_and_reports_the_first_ma
         assert not any(by_path[m["path"]].pid == entry["pid"] and m["camid"] == entry["camid"] for m in entry["matches"])
     evaluated = CliRunner().invoke(cli, ["evaluate", "--dataset", "duke", "--weights", str(weights), "--data-root",
                                          str(data_root), "--json", "--device", "cpu", "--quiet"])
-    assert 100 * saved["first_match_same_id"] == pytest.approx(json.loads(evaluated.output)["rank1"])
+    assert 100 * saved["first_match_same_id"] == pytest.approx(json.loads(evaluated.stdout)["rank1"])
 
 
 def test_search_names_what_is_wrong_in_one_line(tmp_path, tiny_model):

@@ -84,6 +84,40 @@ def test_a_tiny_run_has_finite_losses_and_a_best_checkpoint_that_evaluate_reads(
     assert figures["mAP"] == pytest.approx(best, abs=1e-6)
 
 
+# Every method (and every add-on setting) on the other backbone families: the LUPerson transformer (its
+# registered code shrunk to 2 blocks of width 64, as the tests' images are 32×16) and ResNet-50-IBN-a.
+SMALL_VIT = (64, 2, 2, True)
+BACKBONE_CASES = {**{f"{case}@vit_small_ics": (case, "vit_small_ics") for case in sorted(CASES)},
+                  **{f"{method}@resnet50_ibn_a": (method, "resnet50_ibn_a") for method in METHODS.names()}}
+
+
+@pytest.fixture
+def small_vit(monkeypatch):
+    from uda_reid.models import vit
+
+    monkeypatch.setitem(vit.VIT_SIZES, "vit_small_ics", SMALL_VIT)
+
+
+@pytest.mark.parametrize("case", sorted(BACKBONE_CASES))
+def test_every_method_and_add_on_trains_and_evaluates_on_every_backbone_family(case, tmp_path, data_root, small_vit):
+    from uda_reid.engine.loop import adapt
+
+    name, arch = BACKBONE_CASES[case]
+    method, overrides = CASES[name]
+    section = METHODS.get(method).settings_section
+    pooling = "token" if arch.startswith("vit") else "avg"
+    config = tiny_run_config(method, {**overrides, "model.arch": arch, "model.pooling": pooling,
+                                      f"{section}.epochs": 1, f"{section}.eval_every": 1})
+    adapt(config, tmp_path, data_root=data_root, progress=False)
+    row = next(r for r in metrics_rows(tmp_path) if r["epoch"] == 1)
+    losses = {k: v for k, v in row.items() if k.startswith("loss")}
+    assert "loss" in losses and all(math.isfinite(v) for v in losses.values()), row
+    model, saved = model_from_weights(str(tmp_path / "best.pt"))
+    assert model.arch == arch and saved.data.normalization == "imagenet"  # auto, from the random initial weights
+    figures = evaluate_model(model, load_dataset(config.target, data_root), saved.data, progress=False)
+    assert figures["mAP"] == pytest.approx(max(r["mAP"] for r in metrics_rows(tmp_path) if "mAP" in r), abs=1e-6)
+
+
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_a_run_killed_in_its_last_epoch_resumes_exactly(case, tmp_path, data_root, monkeypatch):
     assert_resume_reaches_the_uninterrupted_run(tiny_run_config(*CASES[case]), tmp_path, data_root, monkeypatch,
@@ -114,3 +148,31 @@ def test_a_bf16_step_gives_the_fp32_losses_within_three_percent(case, tmp_path, 
     assert losses and losses == [k for k in rows["bf16"] if k.startswith("loss")]
     for name in losses:
         assert rows["bf16"][name] == pytest.approx(rows["fp32"][name], rel=0.03, abs=0.02), name
+
+
+def test_a_bf16_step_on_the_transformer_gives_the_fp32_losses_within_three_percent(tmp_path, data_root, small_vit):
+    from uda_reid.engine.loop import adapt
+
+    rows = {}
+    for precision in ("fp32", "bf16"):
+        config = tiny_run_config("cluster_contrast", {"model.arch": "vit_small_ics", "model.pooling": "token",
+                                                      "adapt.epochs": 1, "adapt.iters_per_epoch": 1,
+                                                      "precision": precision, **BF16_SIZE})
+        adapt(config, tmp_path / precision, data_root=data_root, progress=False)
+        rows[precision] = next(r for r in metrics_rows(tmp_path / precision) if r["epoch"] == 1)
+    assert "backbone in bf16" in (tmp_path / "bf16" / "log.txt").read_text()
+    assert rows["bf16"]["clusters"] == rows["fp32"]["clusters"]
+    assert rows["bf16"]["loss"] == pytest.approx(rows["fp32"]["loss"], rel=0.03)
+
+
+def test_hard_update_moves_each_cluster_once_towards_its_least_similar_instance():
+    import torch
+
+    from uda_reid.methods.cluster_contrast import hardest_instances
+
+    rows = torch.nn.functional.normalize(torch.tensor([[1.0, 0.0], [0.0, 1.0]]), dim=1)
+    features = torch.tensor([[1.0, 0.1], [0.2, 1.0], [1.0, 0.9], [-0.3, 1.0], [1.0, 0.0]])
+    labels = torch.tensor([0, 1, 0, 1, 0])
+    picked, picked_labels = hardest_instances(features, labels, rows)
+    assert picked_labels.tolist() == [0, 1]
+    assert torch.equal(picked, features[[2, 3]])  # the lowest cosine to row 0 and to row 1

@@ -18,6 +18,7 @@ from uda_reid.models import (
     build_backbone,
     build_pooling,
 )
+from uda_reid.models.backbones import is_transformer
 
 TINY_IMAGES = (2, 3, 64, 32)
 
@@ -31,7 +32,18 @@ def _seed() -> None:
 
 
 @pytest.mark.parametrize("name", BACKBONES.names())
-def test_every_backbone_keeps_torchvision_names_and_reports_its_channels(name: str) -> None:
+def test_every_backbone_gives_a_map_of_its_channels_and_a_class_token_exactly_when_a_transformer(name: str) -> None:
+    backbone = build_backbone(name).eval()
+    with torch.no_grad():
+        feature_map, token = backbone.features(torch.randn(2, 3, 64, 32))
+    assert feature_map.shape[:2] == (2, backbone.out_channels)
+    assert (token is not None) == is_transformer(name)
+    if token is not None:
+        assert token.shape == (2, backbone.out_channels) and feature_map.shape[2:] == (64 // 16, 32 // 16)
+
+
+@pytest.mark.parametrize("name", [name for name in BACKBONES.names() if hasattr(torchvision.models, name)])
+def test_every_torchvision_resnet_keeps_torchvision_names_and_reports_its_channels(name: str) -> None:
     backbone = build_backbone(name).eval()
     reference = getattr(torchvision.models, name)(weights=None)
     expected = {key: value.shape for key, value in reference.state_dict().items() if not key.startswith("fc.")}

@@ -18,14 +18,23 @@ from uda_reid.models.checkpoints import save_checkpoint
 from uda_reid.models.features import extract_features
 
 
-@pytest.fixture
-def trained_checkpoint(tmp_path):
-    """A checkpoint whose every layer matters: LUP normalisation, the extra BN, non-trivial BN statistics."""
-    config = apply_overrides(RunConfig(), {"model.arch": "resnet18", "model.extra_bn": True, "data.height": 32,
-                                           "data.width": 16, "data.normalization": "lup", "data.workers": 0,
-                                           "data.eval_batch_size": 4, "device": "cpu"})
+#: arch -> its model settings: a ResNet with LUPerson's extra BN, and the LUPerson transformer (its registered
+#: code shrunk to 2 blocks of width 64) with its class token and TransReID-SSL's normalisation.
+ARCHS = {"resnet18": {"model.extra_bn": True, "data.normalization": "lup"},
+         "vit_small_ics": {"model.pooling": "token", "data.normalization": "lup_vit"}}
+
+
+@pytest.fixture(params=sorted(ARCHS))
+def trained_checkpoint(tmp_path, request, monkeypatch):
+    """A checkpoint whose every layer matters: its normalisation, the extra BN, non-trivial BN statistics."""
+    from uda_reid.models import vit
+
+    monkeypatch.setitem(vit.VIT_SIZES, "vit_small_ics", (64, 2, 2, True))
+    arch = request.param
+    config = apply_overrides(RunConfig(), {"model.arch": arch, "data.height": 32, "data.width": 16, "data.workers": 0,
+                                           "data.eval_batch_size": 4, "device": "cpu", **ARCHS[arch]})
     torch.manual_seed(0)
-    model = ReidModel("resnet18", extra_bn=True)
+    model = ReidModel(arch, extra_bn=bool(config.model.extra_bn), pooling=config.model.pooling, image_size=(32, 16))
     model.train()
     with torch.no_grad():
         for _ in range(3):
@@ -54,8 +63,8 @@ def test_exported_model_gives_the_toolkits_features_from_images_prepared_as_its_
     assert result.exit_code == 0, result.output
     described = json.loads((tmp_path / f"model.{fmt}.json").read_text())
     assert described["input"]["shape"] == ["N", 3, 32, 16] and described["input"]["range"] == [0.0, 1.0]
-    assert described["normalization"]["mean"] == list(NORMALIZATIONS["lup"][0])
-    assert described["output"]["shape"] == ["N", 512]
+    assert described["normalization"]["mean"] == list(NORMALIZATIONS[config.data.normalization][0])
+    assert described["output"]["shape"] == ["N", model.feature_dim]
 
     # A deployment: resize as the JSON says, scale to [0, 1], run the file (a batch size it was not traced with).
     samples = load_dataset("dukemtmc", write_two_domains(tmp_path / "data")).query[:5]

@@ -32,10 +32,13 @@ def _trained_model(weights: str, arch: str, set_options: tuple[str, ...], device
     from ..models.arithmetic_check import checked_precision
     from ..precision import resolve_precision
 
-    model, config = model_from_weights(weights, arch)  # the run's config: its precision, unless --precision
-    if recipe is not None:
-        config = load_recipe(find_recipe(recipe), base=config)
-    config = apply_overrides(config, parse_set_options(set_options), "--set")
+    def adjust(config):
+        if recipe is not None:
+            config = load_recipe(find_recipe(recipe), base=config)
+        return apply_overrides(config, parse_set_options(set_options), "--set")
+
+    model, config = model_from_weights(weights, arch, adjust=adjust,  # the run's config: its precision, unless --precision
+                                       say=lambda line: click.echo(line, err=True))
     torch_device = resolve_device(device or "auto")
     requested = precision or config.precision
     resolved, note = checked_precision(resolve_precision(requested, torch_device), requested, model.backbone,
@@ -43,7 +46,7 @@ def _trained_model(weights: str, arch: str, set_options: tuple[str, ...], device
                                        backward=False)  # decided once (fp32 if this CPU gets it wrong), given to the model
     if note is not None:
         click.echo(f"note: {note}", err=True)
-    model, _ = model_from_weights(weights, arch, compute_dtype=resolved.dtype)
+    model, _ = model_from_weights(weights, arch, compute_dtype=resolved.dtype, adjust=adjust)
     return model.to(torch_device), config, torch_device
 
 

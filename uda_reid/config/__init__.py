@@ -53,7 +53,9 @@ from .rules import (
     setting,
 )
 from .sections import (
+    AUTO_NORMALIZATION,
     NORMALIZATIONS,
+    PATCH,
     PRECISIONS,
     AdaptConfig,
     ClusteringConfig,
@@ -67,7 +69,7 @@ from .sections import (
 )
 
 __all__ = [
-    "ASCENDING_PAIR", "AT_LEAST_ONE", "DATASET_SPEC", "DATASET_SPECS", "FALSE_WORDS", "FRACTION", "NON_NEGATIVE",
+    "ASCENDING_PAIR", "AT_LEAST_ONE", "AUTO_NORMALIZATION", "PATCH", "DATASET_SPEC", "DATASET_SPECS", "FALSE_WORDS", "FRACTION", "NON_NEGATIVE",
     "NORMALIZATIONS", "NULL_WORDS", "POSITIVE", "PRECISIONS", "PROBABILITY", "RULE_KEY", "TRUE_WORDS",
     "UNIT_INTERVAL_OPEN", "UP_TO_ONE", "AdaptConfig", "ClusteringConfig", "DataConfig", "Limit", "ModelConfig",
     "OptimConfig", "PretrainConfig", "Relation", "Rule", "RunConfig", "TrainConfig", "apply_overrides", "at_most",

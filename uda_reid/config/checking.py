@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
+import operator
 import os
 import re
 import types
@@ -308,7 +309,7 @@ def _check_relations(obj: Any, section: str | None, source: _Source, touched: di
         keys = [_join(section, k) for k in (relation.key, *relation.others)]
         if touched is not None and not any(d == k or d.startswith(f"{k}.") for d in touched for k in keys):
             continue
-        value, *others = (getattr(obj, k) for k in (relation.key, *relation.others))
+        value, *others = (operator.attrgetter(k)(obj) for k in (relation.key, *relation.others))  # keys may be dotted
         if value is None or any(o is None for o in others) or relation.holds(value, *others):
             continue
         expects = relation.expects.format(keys=keys[1:], values=[_shown(o) for o in others])

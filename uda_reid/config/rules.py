@@ -208,6 +208,10 @@ def _is_device(value: str) -> bool:
     return True
 
 
+def _is_transformer(arch: str) -> bool:
+    return bool(_lookup("models.backbones:is_transformer")(arch))
+
+
 def _lookup(target: str) -> Any:
     """``"module:attribute"`` of the package, imported when a value is checked: the registries (datasets,
     methods, add-ons) sit in layers above this module and import it, so it names them by path."""

@@ -21,6 +21,7 @@ from .rules import (
     UNIT_INTERVAL_OPEN,
     UP_TO_ONE,
     Limit,
+    _is_transformer,
     Relation,
     _ascending_pair,
     _is_device,
@@ -36,7 +37,14 @@ NORMALIZATIONS: dict[str, tuple[tuple[float, float, float], tuple[float, float, 
     "lup": ((0.3525, 0.3106, 0.3140), (0.2505, 0.2522, 0.2504)),
     # ... and the statistics LUPerson's MoCo pre-training itself used.
     "lup_pretrain": ((0.3525, 0.3106, 0.3140), (0.2660, 0.2522, 0.2505)),
+    # TransReID-SSL's fine-tuning of its LUPerson ViTs (their --self-norm).
+    "lup_vit": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
 }
+#: ``data.normalization: auto``: the statistics the initial weights were trained with
+#: (``uda_reid.models.normalization``).
+AUTO_NORMALIZATION = "auto"
+#: The patch size of the registered transformers (``uda_reid.models.vit``): image sides must divide by it.
+PATCH = 16
 
 #: What ``precision`` may be (resolved per device by ``uda_reid.precision``).
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")
@@ -48,7 +56,10 @@ class DataConfig:
 
     height: int = setting(256, limit=AT_LEAST_ONE)
     width: int = setting(128, limit=AT_LEAST_ONE)
-    normalization: str = setting("imagenet", choices=tuple(NORMALIZATIONS), help="mean and std of NORMALIZATIONS")
+    normalization: str = setting(
+        AUTO_NORMALIZATION, choices=(AUTO_NORMALIZATION, *NORMALIZATIONS),
+        help="mean and std of NORMALIZATIONS; auto: those the initial weights were trained with (imagenet for "
+             "ImageNet or random weights, lup for LUPerson ResNets, lup_vit for LUPerson ViTs, a run's own)")
     interpolation: str = setting("bicubic", choices=("bicubic", "bilinear", "nearest"))
     flip_prob: float = setting(0.5, limit=PROBABILITY)
     pad: int = setting(10, limit=NON_NEGATIVE)
@@ -67,12 +78,27 @@ class ModelConfig:
     """Backbone, pooling, neck and initial weights."""
 
     arch: str = setting("resnet50", choices=names_in("uda_reid.models.backbones:BACKBONES"))
-    last_stride: int = setting(1, limit=Limit(1, 2))
-    pooling: str = setting("avg", choices=names_in("uda_reid.models.necks:POOLINGS"))
+    last_stride: int = setting(1, limit=Limit(1, 2), help="convolutional backbones")
+    pooling: str = setting("avg", choices=names_in("uda_reid.models.necks:POOLINGS", "token"),
+                           help="avg | gem | max for a convolutional map; token (the class token) for a transformer")
     neck: bool = setting(True, help="the BN neck")
-    extra_bn: bool | None = setting(None, help="None: on for LUPerson / UP-ReID initialisations")
+    extra_bn: bool | None = setting(None, help="None: on for LUPerson / UP-ReID initialisations of a ResNet")
+    drop_path: float = setting(0.0, limit=FRACTION,
+                               help="a transformer's stochastic depth, rising to this over its blocks")
     init: str | None = setting(
         None, help="imagenet:PATH | lup:PATH | upreid:PATH | moco:PATH | PATH of a uda_reid checkpoint (None: random)")
+
+    relations: ClassVar[tuple[Relation, ...]] = (
+        Relation("pooling", ("arch",), lambda pooling, arch: (pooling == "token") == _is_transformer(arch),
+                 "'token' for a transformer and avg, gem or max for a convolutional backbone "
+                 "({keys[0]} {values[0]})"),
+        Relation("extra_bn", ("arch",), lambda extra_bn, arch: not (extra_bn and _is_transformer(arch)),
+                 "off for a transformer ({keys[0]} {values[0]}): the extra BN re-calibrates a convolutional map"),
+        Relation("drop_path", ("arch",), lambda drop_path, arch: drop_path == 0 or _is_transformer(arch),
+                 "0 for a convolutional backbone ({keys[0]} {values[0]}): drop path acts on transformer blocks"),
+        Relation("last_stride", ("arch",), lambda last_stride, arch: last_stride == 1 or not _is_transformer(arch),
+                 "1 for a transformer ({keys[0]} {values[0]}): its patch grid has no last stride"),
+    )
 
 
 @dataclass
@@ -245,6 +271,11 @@ class _RunFields:
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     method_options: dict[str, Any] = setting({}, options="method",
                                              help="the options of adapt.method, checked against its Options")
+    relations: ClassVar[tuple[Relation, ...]] = tuple(
+        Relation(f"data.{side}", ("model.arch",), lambda size, arch: size % PATCH == 0 or not _is_transformer(arch),
+                 f"a multiple of {PATCH}, the patch size of a transformer ({{keys[0]}} {{values[0]}})")
+        for side in ("height", "width")
+    )
     #: The add-on sections (``section_types``) by name; recipes and ``config_to_dict`` show them as
     #: top-level sections and code reads them as attributes (``config.gds.enabled``).
     add_on_sections: dict[str, Any] = field(default_factory=dict, metadata={_ADD_ON_SECTIONS: True})

@@ -10,7 +10,7 @@ from typing import Callable
 
 from torchvision import transforms as T
 
-from ..config import NORMALIZATIONS, DataConfig
+from ..config import AUTO_NORMALIZATION, NORMALIZATIONS, DataConfig
 from ..errors import ConfigError
 
 _INTERPOLATIONS = {
@@ -21,6 +21,9 @@ _INTERPOLATIONS = {
 
 
 def _normalize(name: str) -> T.Normalize:
+    if name == AUTO_NORMALIZATION:  # the run resolves it from its initial weights before building transforms
+        raise ConfigError("data.normalization is auto: resolve it from the initial weights first "
+                          "(uda_reid.models.normalization.with_resolved_normalization), or name the statistics")
     if name not in NORMALIZATIONS:
         raise ConfigError(
             f"data.normalization: unknown preset {name!r}; known: {', '.join(NORMALIZATIONS)}"

@@ -29,7 +29,7 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -50,6 +50,7 @@ from ..methods import AdaptContext, Method, StepOutput, build_method
 from ..models.batchnorm import convert_to_grouped_bn
 from ..models.checkpoints import load_checkpoint, save_checkpoint
 from ..models.arithmetic_check import checked_precision
+from ..models.normalization import with_resolved_normalization
 from ..precision import resolve_precision
 from .epoch_labels import EpochLabelling, clusterer_options, ground_truth_clusters
 from .optim import build_optimizer, build_scheduler
@@ -85,9 +86,12 @@ class TrainingLoop(EpochLabelling):
         progress: bool = True,
         dist: DistributedContext | None = None,
         stage_name: str | None = None,
-        method: Method | None = None,
+        method: Callable[[RunConfig], Method] | None = None,
         with_add_ons: bool = True,
     ) -> None:
+        # data.normalization auto is decided by the initial weights, before anything is written: config.yaml and
+        # the checkpoints hold the statistics the run used, so evaluate / extract / export of its models use them.
+        config, self.normalization_note = with_resolved_normalization(config)
         # The run's own copy: clustering.eps "auto" becomes the value derived from the data in it, while
         # the config as written is what config.yaml and the checkpoints hold and --resume compares with.
         self.config_as_written = config
@@ -100,7 +104,7 @@ class TrainingLoop(EpochLabelling):
         self.device = self.dist.device
         self.precision = resolve_precision(config.precision, self.device)  # what the device cannot do is named now
         check_config(config)  # every declared rule and relation, whoever built the config
-        self.method: Method = method if method is not None else build_method(config)  # options checked now
+        self.method: Method = (method or build_method)(config)  # options checked now
         self.method_name = type(self.method).registered_name or config.adapt.method
         section = self.method.settings_section
         self.stage = getattr(config, section)  # epochs, iterations, evaluation, BN
@@ -238,6 +242,8 @@ class TrainingLoop(EpochLabelling):
             return json.loads((self.run_dir / "summary.json").read_text())
 
         model, report = self._build_model(self.method.num_classes(target_samples))
+        if self.normalization_note is not None:
+            self._say(self.normalization_note)
         if report is not None:
             self.log.info(f"initial weights: {report}")
         else:

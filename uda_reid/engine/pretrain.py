@@ -21,8 +21,7 @@ __all__ = ["BACKBONE_FILE", "pretrain", "pretraining_loop"]
 
 def pretraining_loop(config: RunConfig, run_dir: str | Path, **kwargs: Any) -> TrainingLoop:
     """The training loop of a pre-training run (the method and its settings checked before any work)."""
-    method = PRETRAINERS.get(config.pretrain.method)(config)
-    return TrainingLoop(config, run_dir, method=method, **kwargs)
+    return TrainingLoop(config, run_dir, method=PRETRAINERS.get(config.pretrain.method), **kwargs)
 
 
 def pretrain(config: RunConfig, run_dir: str | Path, **kwargs: Any) -> dict[str, Any]:

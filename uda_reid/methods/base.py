@@ -166,7 +166,9 @@ class Method(abc.ABC):
         """The network to train and the report of its initial weights (None: random)."""
         from ..models.factory import build_model
 
-        return build_model(model_config, num_classes=num_classes, compute_dtype=compute_dtype)
+        data = self.config.data
+        return build_model(model_config, num_classes=num_classes, compute_dtype=compute_dtype,
+                           image_size=(data.height, data.width))
 
     def train_transform(self) -> Any:
         """Image -> what a training batch holds under ``image``."""

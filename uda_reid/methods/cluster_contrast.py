@@ -5,7 +5,8 @@ DBSCAN eps 0.6); outliers sit the epoch out. The memory is rebuilt from the L2-n
 feature of each cluster; the loss is the cross-entropy of f·Mᵀ/τ (τ 0.05) against the sample's
 cluster, and after each step the sample's row moves towards it: M[y] ← normalise(m·M[y] + (1−m)·f),
 m = 0.1 (the published runs; the script's default 0.2 is not what produced the paper's numbers).
-The recipes set GeM pooling and batches of 16 clusters × 16 images. Facts: docs/methods.md §8.
+The recipes set GeM pooling and batches of 16 clusters × 16 images; ``hard_update`` is the
+repository's ``--use-hard`` (TransReID-SSL's ViT recipes use it). Facts: docs/methods.md §8.
 
 A hybrid memory whose rows are the clusters (labels 0..C−1) is exactly this cluster memory: each
 class has one row, so its score is that row's logit; no second memory class is needed. Combines
@@ -28,6 +29,8 @@ from .base import METHODS, AdaptContext, EpochLabels, Method, StepOutput
 class ClusterContrastOptions:
     temperature: float = setting(0.05, limit=POSITIVE)
     momentum: float = setting(0.1, limit=FRACTION, help="weight the old cluster row keeps")
+    hard_update: bool = setting(False, help="the reference's --use-hard: each cluster of the batch moves once, "
+                                            "towards its least similar instance, instead of towards every one in turn")
 
 
 @METHODS.register("cluster_contrast")
@@ -65,5 +68,19 @@ class ClusterContrast(Method):
     def after_step(self, ctx: AdaptContext) -> None:
         # The global batch in its order: the update one process would make, on every process.
         if self._pending is not None:
-            self.memory.update(*self._pending)
+            features, labels = self._pending
+            if self.options.hard_update:
+                features, labels = hardest_instances(features, labels, self.memory.features)
+            self.memory.update(features, labels)
             self._pending = None
+
+
+def hardest_instances(features: torch.Tensor, labels: torch.Tensor,
+                      rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each cluster of the batch (in label order), its instance least similar to its memory row:
+    (``K×D`` features, their ``K`` labels)."""
+    similarity = (torch.nn.functional.normalize(features, dim=1) * rows[labels].to(features)).sum(dim=1)
+    picked = [int(torch.nonzero(labels == label).flatten()[similarity[labels == label].argmin()])
+              for label in torch.unique(labels)]
+    picked_rows = torch.tensor(picked, device=labels.device)
+    return features[picked_rows], labels[picked_rows]

@@ -1,6 +1,9 @@
-"""Convolutional backbones: images ``N×3×H×W`` -> feature maps ``N×C×h×w``.
+"""Backbones: images ``N×3×H×W`` -> feature maps ``N×C×h×w`` (and, for transformers, a class token).
 
-Backbones are registered by name in :data:`BACKBONES` (the ``--arch`` option). The ResNets keep the
+Backbones are registered by name in :data:`BACKBONES` (the ``--arch`` option), each family in its own
+module: the ResNets here, ResNet-50-IBN-a in ``resnet_ibn.py``, the Vision Transformers in ``vit.py``.
+Every backbone has ``out_channels`` and ``features(images) -> (map, class token or None)``; a
+transformer's factory carries ``class_token = True``. The ResNets keep the
 torchvision parameter names (``conv1.weight``, ``layer1.0.conv1.weight`` ...) without ``avgpool``/``fc``,
 so ImageNet, LUPerson and UP-ReID state dicts map onto them key for key. They are always built with
 random weights: pre-trained weights come from a local file through :mod:`checkpoint_import`, never
@@ -47,6 +50,10 @@ class ResNetBackbone(nn.Module):
             if isinstance(module, nn.Conv2d) and module.stride != (1, 1):
                 module.stride = (last_stride, last_stride)
 
+    def features(self, images: torch.Tensor) -> tuple[torch.Tensor, None]:
+        """(the map, no class token): the backbone interface transformers share."""
+        return self(images), None
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """``N×3×H×W`` -> ``N×C×H/16×W/16`` (last stride 1) or ``N×C×H/32×W/32`` (last stride 2)."""
         x = self.maxpool(self.relu(self.bn1(self.conv1(images))))
@@ -80,12 +87,27 @@ def resnet101(*, last_stride: int = 1) -> ResNetBackbone:
     return ResNetBackbone(tv_resnet.resnet101(weights=None), last_stride=last_stride)
 
 
-def build_backbone(name: str, *, last_stride: int = 1) -> nn.Module:
+def is_transformer(name: str) -> bool:
+    """Whether the backbone ``name``'s global feature is a class token (a transformer) rather than a
+    pooled map; False for a name that is not registered (its own rule names it)."""
+    return name in BACKBONES and bool(getattr(BACKBONES.get(name), "class_token", False))
+
+
+def build_backbone(name: str, *, last_stride: int = 1, image_size: tuple[int, int] = (256, 128),
+                   drop_path: float = 0.0) -> nn.Module:
     """Build a randomly initialised backbone by registry name (``--arch``).
 
-    The result maps ``N×3×H×W`` to ``N×C×h×w`` and has ``out_channels == C``.
+    The result maps ``N×3×H×W`` to ``N×C×h×w``, has ``out_channels == C`` and ``features()``
+    gives (map, class token or None). ``last_stride`` is for convolutional backbones, ``image_size``
+    (the grid of the position embeddings) and ``drop_path`` for transformers.
     """
     if last_stride not in (1, 2):
         raise ConfigError(f"last_stride must be 1 or 2 (got {last_stride!r})")
     factory = BACKBONES.get(name)
+    if getattr(factory, "class_token", False):
+        return factory(image_size=tuple(image_size), drop_path=drop_path)
     return factory(last_stride=last_stride)
+
+
+# The other families register their backbones where they are defined.
+from . import resnet_ibn, vit  # noqa: E402, F401

@@ -30,8 +30,9 @@ from .reid_model import ReidModel
 
 INIT_OPTION = "--init"
 INIT_KINDS: dict[str, str] = {
-    "imagenet": "torchvision ImageNet ResNet state dict",
-    "lup": "LUPerson weights (plain ResNet state dict or raw MoCo checkpoint); turns on extra_bn",
+    "imagenet": "ImageNet weights: torchvision's ResNet state dict, IBN-Net's resnet50_ibn_a-d9d0bb7b.pth",
+    "lup": "LUPerson weights: a ResNet (plain state dict or raw MoCo checkpoint; turns on extra_bn) or "
+           "TransReID-SSL's ViT (vit_*_ics_cfs_lup.pth, or a raw DINO checkpoint: its teacher)",
     "upreid": "UP-ReID-like self-supervised ResNet checkpoint; turns on extra_bn",
     "moco": "a MoCo-style self-supervised backbone (udareid pretrain's backbone.pth, a raw MoCo checkpoint); "
             "turns on extra_bn",
@@ -44,7 +45,8 @@ RUN_CHECKPOINT_VERSION = 1
 PRETRAIN_STAGE = "pretrain"  # a run checkpoint whose ``model`` is a pre-trained backbone (torchvision names)
 
 MIN_MATCHED_FRACTION = 0.9
-WRAPPER_KEYS = ("state_dict", "model", "state_dict_ema", "model_ema")
+# "teacher": a raw DINO training checkpoint (its student and heads are not the model to start from).
+WRAPPER_KEYS = ("state_dict", "model", "state_dict_ema", "model_ema", "teacher")
 STRIPPED_PREFIXES = ("module.", "encoder_q.", "encoder.", "backbone.", "base.", "base_encoder.", "model.")
 HEAD_NAMES = frozenset({"fc", "head", "heads", "projector", "predictor", "classifier"})
 MOMENTUM_ENCODER_NAMES = frozenset({"encoder_k", "momentum_encoder"})
@@ -275,6 +277,19 @@ def _match(
     return loaded, missing, unexpected
 
 
+def _fit_position_embeddings(source: dict[str, torch.Tensor], target: Mapping[str, torch.Tensor], backbone: nn.Module,
+                             prefix: str) -> dict[str, torch.Tensor]:
+    """A transformer's position embeddings trained on another patch grid, resized to the model's (bilinear,
+    the class token's kept: ``uda_reid/models/vit.py``); everything else as it is."""
+    name = f"{prefix}pos_embed"
+    resize = getattr(backbone, "resize_position_embedding", None)
+    if resize is None or name not in source or name not in target or source[name].shape == target[name].shape:
+        return source
+    if source[name].dim() != 3 or source[name].shape[2] != target[name].shape[2]:
+        return source  # another width: reported as unexpected by _match
+    return {**source, name: resize(source[name])}
+
+
 def _file_arch_hint(content: Any) -> str:
     """`` (the file says arch 'resnet18')`` when the checkpoint records its architecture."""
     if not isinstance(content, Mapping):
@@ -290,8 +305,12 @@ def _file_arch_hint(content: Any) -> str:
     return f" (the file says arch {arch!r})" if arch else ""
 
 
-def _foreign_format(kind: str, remapped: _Remapped) -> str:
+def _foreign_format(kind: str, remapped: _Remapped, content: Any) -> str:
     source = {"lup": "LUPerson ", "upreid": "UP-ReID "}.get(kind, "")
+    if isinstance(content, Mapping) and isinstance(content.get("teacher"), Mapping):
+        return f"{source}DINO (raw: teacher)"
+    if "cls_token" in remapped.tensors:
+        return f"{source}ViT" + (" (TransReID-SSL)" if "patch_embed.conv.0.weight" in remapped.tensors else "")
     if remapped.is_moco:
         return f"{source}MoCo (raw)"
     if not remapped.stripped_prefixes:
@@ -348,7 +367,7 @@ def load_init(model: ReidModel, spec: str) -> ImportReport:
         source = remapped.tensors
         report = ImportReport(
             path,
-            _foreign_format(kind, remapped),
+            _foreign_format(kind, remapped, content),
             dropped_heads=remapped.dropped_heads,
             skipped=remapped.skipped,
             stripped_prefixes=remapped.stripped_prefixes,
@@ -357,6 +376,7 @@ def load_init(model: ReidModel, spec: str) -> ImportReport:
         duplicates = remapped.duplicates
         part = "backbone"
 
+    source = _fit_position_embeddings(source, target, model.backbone, "" if part == "backbone" else "backbone.")
     loaded, missing, unexpected = _match(target, source)
     report.loaded, report.missing, report.unexpected = loaded, missing, unexpected + duplicates
     report.matched_fraction = len(loaded) / len(target) if target else 0.0

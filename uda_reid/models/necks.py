@@ -15,6 +15,8 @@ from ..errors import ConfigError
 from ..registry import Registry
 
 POOLINGS: Registry[type[nn.Module]] = Registry("pooling", "--pooling")
+#: ``model.pooling`` of a transformer: its class token is the global feature, nothing is pooled.
+TOKEN_POOLING = "token"
 
 
 @POOLINGS.register("avg")

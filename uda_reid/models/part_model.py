@@ -17,7 +17,7 @@ from torch import nn
 
 from ..errors import CheckpointError, ConfigError
 from ..centroids import class_centroids
-from .necks import POOLINGS, BNNeck, HorizontalPartPooling
+from .necks import BNNeck, HorizontalPartPooling
 from .reid_model import ReidModel
 
 #: State-dict prefixes of the part branch; everything else is a plain ReidModel key.
@@ -66,6 +66,8 @@ class PartReidModel(ReidModel):
         embedding_dim: int = 0,
         num_parts: int = 3,
         compute_dtype: torch.dtype | None = None,
+        image_size: tuple[int, int] = (256, 128),
+        drop_path: float = 0.0,
     ) -> None:
         if isinstance(num_parts, bool) or not isinstance(num_parts, int) or num_parts < 1:
             raise ConfigError(f"num_parts must be an integer >= 1 (got {num_parts!r})")
@@ -78,6 +80,8 @@ class PartReidModel(ReidModel):
             extra_bn=extra_bn,
             embedding_dim=embedding_dim,
             compute_dtype=compute_dtype,
+            image_size=image_size,
+            drop_path=drop_path,
         )
         self.num_parts = num_parts
         channels: int = self.backbone.out_channels
@@ -208,9 +212,10 @@ class PartReidModel(ReidModel):
 
     # ------------------------------------------------------------------ forward
 
-    def _global_branch(self, feature_map: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Backbone map ``N×C×h×w`` -> (pooled, neck feature), both ``N×D``, as ``ReidModel.forward``."""
-        pooled = self.pooling(feature_map)
+    def _global_branch(self, feature_map: torch.Tensor, token: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Backbone map ``N×C×h×w`` (or a transformer's class token) -> (pooled, neck feature), both
+        ``N×D``, as ``ReidModel.forward``."""
+        pooled = self.global_feature(feature_map, token)
         if self.embedding is not None:
             pooled = self.embedding(pooled)
         features = pooled if self.neck is None else self.neck(pooled)
@@ -225,8 +230,8 @@ class PartReidModel(ReidModel):
     def forward(self, images: torch.Tensor) -> PartReidOutput | torch.Tensor:
         if not self.training:
             return super().forward(images)
-        feature_map = self.feature_map(images)
-        pooled, features = self._global_branch(feature_map)
+        feature_map, token = self.backbone_features(images)
+        pooled, features = self._global_branch(feature_map, token)
         part_pooled, part_features = self._part_branch(feature_map)
         logits = None if self.classifier is None else self.classifier(features)
         part_logits = None
@@ -240,8 +245,8 @@ class PartReidModel(ReidModel):
         What PPLR clusters (global) and scores cross-agreement with (parts). Call it in eval mode
         (BN running statistics) under ``torch.no_grad()`` for extraction.
         """
-        feature_map = self.feature_map(images)
-        _, features = self._global_branch(feature_map)
+        feature_map, token = self.backbone_features(images)
+        _, features = self._global_branch(feature_map, token)
         _, part_features = self._part_branch(feature_map)
         return F.normalize(features, dim=1), F.normalize(part_features, dim=2)
 
@@ -255,14 +260,13 @@ class PartReidModel(ReidModel):
         """
         if type(model) is not ReidModel:
             raise TypeError(f"from_reid_model needs a plain ReidModel, got {type(model).__name__}")
-        pooling_names = [name for name in POOLINGS.names() if type(model.pooling) is POOLINGS.get(name)]
-        if len(pooling_names) != 1:
-            raise TypeError(f"cannot tell the pooling name of {type(model.pooling).__name__}")
         part_model = cls(
             model.arch,
             num_classes=model.num_classes,
-            pooling=pooling_names[0],
+            pooling=model.pooling_name,
             last_stride=int(getattr(model.backbone, "last_stride", 1)),
+            image_size=model.image_size,
+            drop_path=model.drop_path,
             neck=model.neck is not None,
             extra_bn=model.extra_bn is not None,
             embedding_dim=0 if model.embedding is None else model.embedding.out_features,

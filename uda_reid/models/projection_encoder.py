@@ -11,7 +11,7 @@ from .backbones import build_backbone
 
 
 class ProjectionEncoder(nn.Module):
-    """A ResNet whose pooled feature goes through MoCo v2's MLP head (``fc.0`` C→C, ReLU, ``fc.2`` C→dim).
+    """A backbone whose pooled feature (a transformer's class token) goes through MoCo v2's MLP head (``fc.0`` C→C, ReLU, ``fc.2`` C→dim).
 
     The head's keys are MoCo's (``fc.0.*``, ``fc.2.*``) and the backbone's are torchvision's, so the
     checkpoint importer reads a saved encoder like a LUPerson MoCo file. ``last_stride`` 2 is the plain
@@ -19,9 +19,9 @@ class ProjectionEncoder(nn.Module):
     """
 
     def __init__(self, arch: str = "resnet50", *, dim: int = 128, last_stride: int = 2,
-                 compute_dtype: torch.dtype | None = None) -> None:
+                 compute_dtype: torch.dtype | None = None, image_size: tuple[int, int] = (256, 128)) -> None:
         super().__init__()
-        self.backbone = build_backbone(arch, last_stride=last_stride)
+        self.backbone = build_backbone(arch, last_stride=last_stride, image_size=image_size)
         channels = self.backbone.out_channels
         self.fc = nn.Sequential(nn.Linear(channels, channels), nn.ReLU(inplace=True), nn.Linear(channels, dim))
         self.compute_dtype = compute_dtype  # the run's precision for the backbone (None: float32)
@@ -29,7 +29,8 @@ class ProjectionEncoder(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """``N×3×H×W`` -> ``N×dim`` L2-normalised projections (float32, whatever ``compute_dtype``)."""
         with autocast(images.device.type, self.compute_dtype):
-            pooled = self.backbone(images).mean(dim=(2, 3))
+            feature_map, token = self.backbone.features(images)
+            pooled = feature_map.mean(dim=(2, 3)) if token is None else token  # a transformer's class token
         return F.normalize(self.fc(pooled.float()), dim=1)
 
 

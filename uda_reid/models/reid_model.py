@@ -11,7 +11,7 @@ from torch import nn
 from ..errors import ConfigError
 from ..precision import autocast
 from .backbones import build_backbone
-from .necks import BNNeck, build_pooling
+from .necks import TOKEN_POOLING, BNNeck, build_pooling
 
 
 class ReidOutput(NamedTuple):
@@ -36,8 +36,11 @@ class ReidModel(nn.Module):
     num_classes: size of the bias-free linear classifier on the neck feature; 0 = no classifier
         (memory-based methods such as SpCL). Clustering changes it every round: see
         :meth:`reset_classifier`.
-    pooling: ``"avg"``, ``"gem"`` or ``"max"``.
+    pooling: ``"avg"``, ``"gem"`` or ``"max"`` for a convolutional backbone; ``"token"`` for a
+        transformer, whose global feature is its class token (the map pools only PPLR's parts).
     last_stride: stride of layer4's first block (1 doubles the final map, the re-ID default).
+    image_size: ``(height, width)`` of the input, for a transformer's position embeddings.
+    drop_path: a transformer's stochastic depth (largest rate, over its blocks).
     neck: BatchNorm1d with frozen zero bias after pooling; ``False`` uses the pooled feature directly.
     extra_bn: the BatchNorm2d LUPerson fine-tuning puts on the backbone's output map, which
         re-calibrates the self-supervised features' statistics before pooling.
@@ -62,6 +65,8 @@ class ReidModel(nn.Module):
         extra_bn: bool = False,
         embedding_dim: int = 0,
         compute_dtype: torch.dtype | None = None,
+        image_size: tuple[int, int] = (256, 128),
+        drop_path: float = 0.0,
     ) -> None:
         super().__init__()
         if num_classes < 0:
@@ -69,10 +74,15 @@ class ReidModel(nn.Module):
         if embedding_dim < 0:
             raise ConfigError(f"embedding_dim must be >= 0, 0 meaning no embedding layer (got {embedding_dim!r})")
         self.arch = arch
-        self.backbone = build_backbone(arch, last_stride=last_stride)
+        self.pooling_name, self.image_size, self.drop_path = pooling, tuple(image_size), drop_path  # to rebuild it
+        self.backbone = build_backbone(arch, last_stride=last_stride, image_size=image_size, drop_path=drop_path)
         channels: int = self.backbone.out_channels
         self.extra_bn: nn.BatchNorm2d | None = nn.BatchNorm2d(channels) if extra_bn else None
-        self.pooling = build_pooling(pooling)
+        token = getattr(self.backbone, "class_token", False)
+        if token != (pooling == TOKEN_POOLING):
+            raise ConfigError(f"model.pooling {pooling!r} does not fit {arch} (a transformer's feature is its class "
+                              f"token, model.pooling 'token'; a convolutional map is pooled: avg, gem or max)")
+        self.pooling: nn.Module | None = None if token else build_pooling(pooling)
         self.embedding: nn.Linear | None = None
         if embedding_dim > 0:
             self.embedding = nn.Linear(channels, embedding_dim)
@@ -123,17 +133,26 @@ class ReidModel(nn.Module):
                 classifier.weight.copy_(weight)
         self.classifier = classifier
 
-    def feature_map(self, images: torch.Tensor) -> torch.Tensor:
-        """``N×3×H×W`` -> float32 backbone map ``N×C×h×w`` (after the extra BN when present): PPLR's part input."""
+    def backbone_features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``N×3×H×W`` -> (float32 map ``N×C×h×w`` after the extra BN when present: PPLR's part input,
+        float32 class token ``N×C`` of a transformer or None)."""
         with autocast(images.device.type, self.compute_dtype):
-            feature_map = self.backbone(images)
+            feature_map, token = self.backbone.features(images)
         feature_map = feature_map.float()
         if self.extra_bn is not None:
             feature_map = self.extra_bn(feature_map)
-        return feature_map
+        return feature_map, None if token is None else token.float()
+
+    def feature_map(self, images: torch.Tensor) -> torch.Tensor:
+        """``N×3×H×W`` -> float32 backbone map ``N×C×h×w`` (see :meth:`backbone_features`)."""
+        return self.backbone_features(images)[0]
+
+    def global_feature(self, feature_map: torch.Tensor, token: torch.Tensor | None) -> torch.Tensor:
+        """The pooled map, or a transformer's class token: ``N×C``."""
+        return token if self.pooling is None else self.pooling(feature_map)
 
     def forward(self, images: torch.Tensor) -> ReidOutput | torch.Tensor:
-        pooled = self.pooling(self.feature_map(images))
+        pooled = self.global_feature(*self.backbone_features(images))
         if self.embedding is not None:
             pooled = self.embedding(pooled)
         features = pooled if self.neck is None else self.neck(pooled)

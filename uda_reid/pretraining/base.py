@@ -16,7 +16,6 @@ resume, checkpoints, DDP, logging exist once, in ``engine/loop.py``) whose defau
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -72,8 +71,9 @@ class PretrainingMethod(Method):
 
     def build_model(self, model_config: ModelConfig, num_classes: int, compute_dtype: torch.dtype | None):
         options = self.config.pretrain
+        data = self.config.data
         encoder = ProjectionEncoder(model_config.arch, dim=options.dim, last_stride=options.last_stride,
-                                    compute_dtype=compute_dtype)
+                                    compute_dtype=compute_dtype, image_size=(data.height, data.width))
         return encoder, "random (pre-training learns the backbone from scratch)"
 
     def train_transform(self) -> Any:
@@ -92,10 +92,11 @@ class PretrainingMethod(Method):
 
     def evaluation_model(self, network: nn.Module) -> nn.Module:
         """A re-ID model around the frozen backbone, as ``evaluate --weights moco:backbone.pth`` builds it."""
-        from ..models.factory import build_model
+        from ..models.factory import build_model, fitted_model_config
 
-        model_config = dataclasses.replace(ModelConfig(), arch=self.config.model.arch, extra_bn=True)
-        model, _ = build_model(model_config, compute_dtype=network.compute_dtype)
+        data = self.config.data
+        model_config = fitted_model_config(ModelConfig(), arch=self.config.model.arch, extra_bn=True)
+        model, _ = build_model(model_config, compute_dtype=network.compute_dtype, image_size=(data.height, data.width))
         model.backbone.load_state_dict(network.backbone.state_dict())
         reference = next(network.parameters())
         return model.to(reference.device)
