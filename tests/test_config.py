@@ -199,3 +199,38 @@ def test_values_on_a_closed_bound_or_of_an_other_allowed_form_are_accepted(key, 
 def test_values_on_an_open_bound_or_not_finite_are_refused(key, value):
     with pytest.raises(ConfigError, match=f"^--set {key}=.*: {key} must be "):
         apply_overrides(RunConfig(), parse_set_options([f"{key}={value}"]), "--set")
+
+
+def test_the_transformer_and_ibn_recipes_hold_the_published_settings():
+    """TransReID-SSL's cluster-contrast scripts and transreid_pytorch configs, SpCL's and cluster-contrast's
+    IBN commands (each recipe cites the file and line of every value)."""
+    from uda_reid.engine.run_configs import source_stage_config
+
+    usl = load_recipe(find_recipe("cluster_contrast_vit_usl_market1501"))
+    assert (usl.model.arch, usl.model.pooling, usl.model.drop_path) == ("vit_small_ics", "token", 0.3)
+    assert (usl.optim.optimizer, usl.optim.lr, usl.optim.nesterov, usl.optim.weight_decay) == ("sgd", 3.5e-4, False, 5e-4)
+    assert (usl.optim.schedule, usl.optim.warmup_epochs, usl.optim.milestones) == ("step", 0, [20, 40])
+    assert (usl.data.batch_size, usl.data.num_instances, usl.data.pad, usl.data.normalization) == (256, 8, 10, "auto")
+    assert (usl.clustering.eps, usl.clustering.k1, usl.clustering.k2, usl.clustering.min_samples) == (0.6, 30, 6, 4)
+    assert (usl.adapt.epochs, usl.adapt.iters_per_epoch, usl.adapt.bn_groups) == (50, 200, 4)
+    assert usl.method_options == {"temperature": 0.05, "momentum": 0.2, "hard_update": True}
+    msmt = load_recipe(find_recipe("cluster_contrast_vit_usl_msmt17"))
+    assert (msmt.clustering.eps, msmt.adapt.bn_groups, msmt.adapt.eval_every) == (0.7, 2, 50)
+
+    uda = load_recipe(find_recipe("cluster_contrast_vit_msmt17_to_market1501"))
+    assert (uda.source, uda.target, uda.clustering.eps, uda.adapt.source_pretrain_epochs) == ("msmt17", "market1501", 0.6, 120)
+    stage = source_stage_config(uda)
+    assert (stage.optim.optimizer, stage.optim.lr, stage.optim.weight_decay, stage.optim.bias_lr_factor) == ("sgd", 4e-4, 1e-4, 2.0)
+    assert (stage.optim.schedule, stage.optim.warmup_epochs, stage.optim.warmup_factor, stage.optim.min_lr_factor) == (
+        "cosine", 20, 0.01, 0.002)
+    assert (stage.data.batch_size, stage.data.num_instances, stage.model.drop_path) == (64, 4, 0.1)
+    assert (stage.train.epochs, stage.train.label_smoothing, stage.train.triplet_margin) == (120, 0.0, 0.0)
+    assert load_recipe(find_recipe("cluster_contrast_vit_market1501_to_msmt17")).clustering.eps == 0.7
+
+    for name in ("spcl_ibn_usl_market1501", "spcl_ibn_market1501_to_msmt17", "spcl_ibn_msmt17_to_market1501"):
+        ibn, plain = load_recipe(find_recipe(name)), load_recipe(find_recipe("spcl_uda" if "to" in name else "spcl_usl"))
+        assert ibn.model.arch == "resnet50_ibn_a" and ibn.method_options == plain.method_options, name
+    cc = load_recipe(find_recipe("cluster_contrast_ibn_usl_market1501"))
+    assert (cc.model.arch, cc.model.pooling, cc.clustering.eps, cc.adapt.iters_per_epoch) == ("resnet50_ibn_a", "gem", 0.4, 400)
+    assert (cc.data.batch_size, cc.data.num_instances, cc.method_options["momentum"], cc.method_options["hard_update"]) == (
+        256, 16, 0.1, True)

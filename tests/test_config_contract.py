@@ -222,7 +222,7 @@ def _accepted_alone(key: Key, value: Any) -> bool:
     try:
         check_config(apply_overrides(RunConfig(), {**dict(key.needs), key.dotted: value}, "--set"))
     except ConfigError as error:
-        assert f"must be" in str(error) and key.dotted.rsplit(".", 1)[0] in str(error), error
+        assert "must be" in str(error) and key.dotted.rsplit(".", 1)[0] in str(error), error
         return False
     return True
 

@@ -105,15 +105,27 @@ class ModelConfig:
 class OptimConfig:
     """Optimiser and learning-rate schedule (linear warm-up, then steps or a cosine decay)."""
 
-    optimizer: str = setting("adam", choices=("adam", "sgd"))
+    optimizer: str = setting("adam", choices=("adam", "adamw", "sgd"))
     lr: float = setting(3.5e-4, limit=POSITIVE)
     weight_decay: float = setting(5e-4, limit=NON_NEGATIVE)
+    final_weight_decay: float | None = setting(
+        None, limit=NON_NEGATIVE, help="None: constant; else the weight decay follows half a cosine from weight_decay "
+                                       "to this over the run's epochs (DINO: 0.04 -> 0.4)")
+    bias_lr_factor: float = setting(1.0, limit=POSITIVE, help="biases train at lr x this (TransReID: 2)")
+    decay_bias_and_norm: bool = setting(
+        True, help="false: biases and one-dimensional weights (norms) get no weight decay (DINO's parameter groups)")
+    clip_grad_per_parameter: float = setting(
+        0.0, limit=NON_NEGATIVE, help="> 0: each parameter's gradient norm is clipped to this (DINO's clip_grad 3.0)")
     momentum: float = setting(0.9, limit=FRACTION, help="sgd only")
     nesterov: bool = setting(True, help="sgd only (MoCo pre-training: plain momentum)")
     schedule: str = setting("step", choices=("step", "cosine"),
-                            help="step: ×gamma at each milestone | cosine: half a cosine to 0 over the run's epochs")
-    warmup_epochs: int = setting(10, limit=NON_NEGATIVE)
+                            help="step: ×gamma at each milestone | cosine: half a cosine to min_lr_factor × lr over "
+                                 "the run's epochs, counted from epoch 0")
+    warmup_epochs: int = setting(10, limit=NON_NEGATIVE,
+                                 help="linear from warmup_factor × lr: multiplies the step schedule (BoT), replaces the "
+                                      "cosine until it ends (timm's cosine scheduler, as TransReID)")
     warmup_factor: float = setting(0.01, limit=UP_TO_ONE)
+    min_lr_factor: float = setting(0.0, limit=PROBABILITY, help="cosine: the last lr, as a share of lr")
     milestones: list[int] = setting([40, 70], limit=NON_NEGATIVE)
     gamma: float = setting(0.1, limit=UP_TO_ONE)
 
@@ -187,6 +199,12 @@ class AdaptConfig:
         {}, options=OptimConfig,
         help="keys of the optim section that differ for the source stage (GDS: source lr 3e-4 with steps, "
              "adaptation 6e-5 constant), e.g. {lr: 3.0e-4, milestones: [50, 100]}")
+    source_data: dict[str, Any] = setting(
+        {}, options=DataConfig,
+        help="keys of the data section that differ for the source stage, e.g. {batch_size: 64, num_instances: 4} "
+             "(TransReID-SSL's supervised source model)")
+    source_model: dict[str, Any] = setting(
+        {}, options=ModelConfig, help="keys of the model section that differ for the source stage, e.g. {drop_path: 0.1}")
 
 
 @dataclass

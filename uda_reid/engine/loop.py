@@ -53,7 +53,7 @@ from ..models.arithmetic_check import checked_precision
 from ..models.normalization import with_resolved_normalization
 from ..precision import resolve_precision
 from .epoch_labels import EpochLabelling, clusterer_options, ground_truth_clusters
-from .optim import build_optimizer, build_scheduler
+from .optim import build_optimizer, build_scheduler, clip_gradients, set_weight_decay
 from .run_configs import source_stage_config, supervised_config
 from .run_log import RunLog
 from .seeding import rank_rng_states, rng_state, seed_everything, set_rng_state
@@ -268,6 +268,9 @@ class TrainingLoop(EpochLabelling):
         local_groups = bn_groups_per_process(self.stage.bn_groups, dist.world_size, sync_bn=sync_bn, section=section)
         if local_groups > 1:
             model = convert_to_grouped_bn(model, local_groups)
+        if (local_groups > 1 or sync_bn) and getattr(unwrap_model(model).backbone, "class_token", False):
+            self._say(f"note: {section}.bn_groups / sync_bn act on BatchNorm only: in {config.model.arch} that is the "
+                      f"convolution stem (if any) and the neck; LayerNorm normalises each token on its own")
         model.to(self.device)
         # DDP when there are several processes; ``network`` is the model inside (state, evaluation).
         model = dist.wrap_model(model, sync_bn=sync_bn, sync_bn_key=f"{section}.sync_bn")
@@ -334,6 +337,7 @@ class TrainingLoop(EpochLabelling):
             ctx.epoch = epoch
             epoch_labels = self._epoch_labels(ctx, network, epoch, row)
             _set_head_parameters(optimizer, self.method.head_parameters())
+            set_weight_decay(optimizer, config.optim, epoch, self.stage.epochs)
             row.update(self._train_epoch(ctx, optimizer, epoch, epoch_labels.labels))
             _set_head_parameters(optimizer, [])  # next epoch's heads start afresh; checkpoints stay shape-free
             dist.sync_buffers_from_main(network)  # BN running statistics: rank 0's, as group 0's in one process
@@ -547,6 +551,11 @@ def apply_step(method: Method, add_ons: list, ctx: AdaptContext, loss: torch.Ten
     optimizer.zero_grad(set_to_none=True)
     grad_scaler.scale(loss).backward()
     ctx.dist.average_gradients(method.head_parameters())  # heads live outside DDP
+    if ctx.config.optim.clip_grad_per_parameter > 0:
+        grad_scaler.unscale_(optimizer)  # clip the true gradients (a no-op without fp16)
+        clip_gradients((p for group in optimizer.param_groups for p in group["params"]),
+                       ctx.config.optim.clip_grad_per_parameter)
+    method.before_optimizer_step(ctx)
     grad_scaler.step(optimizer)  # skipped (fp16) when a gradient overflowed
     grad_scaler.update()
     method.after_step(ctx)

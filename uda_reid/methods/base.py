@@ -237,6 +237,10 @@ class Method(abc.ABC):
         position in ``ctx.target_samples``); source batches carry ``"pid"``.
         """
 
+    def before_optimizer_step(self, ctx: AdaptContext) -> None:
+        """After the backward pass (gradients exchanged, clipped), before the optimiser uses them
+        (DINO freezes its last layer here in its first epoch)."""
+
     def after_step(self, ctx: AdaptContext) -> None:
         """After ``optimizer.step()``: momentum updates of memories and the like."""
 
