@@ -222,9 +222,12 @@ class PretrainConfig:
     temperature: float = setting(0.1, limit=POSITIVE,
                                  help="τ of the global InfoNCE (LUPerson's script; 0.07 in MoCo v2)")
     dim: int = setting(128, limit=AT_LEAST_ONE, help="projection size")
-    last_stride: int = setting(2, limit=Limit(1, 2), help="the plain ResNet of the published pre-training")
+    last_stride: int = setting(2, limit=Limit(1, 2),
+                               help="the plain ResNet of the published pre-training (transformers have none)")
     bn_groups: int = setting(8, limit=AT_LEAST_ONE,
                              help="BN statistics per chunk of the batch; keys shuffled first (MoCo's shuffle BN)")
+    sync_bn: bool = setting(False, help="under torchrun: SyncBatchNorm over the whole global batch (DINO's, for a "
+                                        "backbone with BatchNorm); needs bn_groups 1")
     crop_scale: list[float] = setting([0.2, 1.0], limit=UP_TO_ONE, check=_ascending_pair, expects=ASCENDING_PAIR)
     grayscale_prob: float = setting(0.2, limit=PROBABILITY)
     blur_prob: float = setting(0.5, limit=PROBABILITY)
@@ -240,6 +243,18 @@ class PretrainConfig:
     consistency_weight: float = setting(1.0, limit=NON_NEGATIVE)
     mmd: str = setting("gaussian", choices=names_in("uda_reid.losses.contrastive:MMD_ESTIMATORS"),
                        help="gaussian (multi-bandwidth) | linear")
+    # DINO (Caron et al. 2021, as TransReID-SSL pre-trained its LUPerson ViTs): dim is the head's output size,
+    # temperature the student's, key_momentum the teacher's EMA at the start (cosine to 1 over the run)
+    local_crops: int = setting(8, limit=NON_NEGATIVE, help="DINO's small crops per image (half the image size)")
+    local_crop_scale: list[float] = setting([0.05, 0.4], limit=UP_TO_ONE, check=_ascending_pair,
+                                            expects=ASCENDING_PAIR, help="DINO: area share of the small crops")
+    teacher_temperature: float = setting(0.04, limit=POSITIVE, help="DINO: sharpening of the teacher's output")
+    center_momentum: float = setting(0.9, limit=FRACTION, help="DINO: EMA of the teacher's mean output (centring)")
+    head_hidden: int = setting(2048, limit=AT_LEAST_ONE, help="DINO head: hidden width of its 3-layer MLP")
+    head_bottleneck: int = setting(256, limit=AT_LEAST_ONE, help="DINO head: the L2-normalised bottleneck")
+    freeze_last_layer: int = setting(1, limit=NON_NEGATIVE, help="DINO: epochs the head's last layer does not train")
+    jitter_prob: float = setting(0.8, limit=PROBABILITY, help="DINO: colour jitter (0.4, 0.4, 0.2, 0.1) probability")
+    solarize_prob: float = setting(0.2, limit=PROBABILITY, help="DINO: solarisation of the second global crop")
     eval_every: int = setting(0, limit=NON_NEGATIVE,
                               help="epochs between frozen-backbone evaluations on eval_datasets (0: at the end only)")
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+import torch
 from torchvision import transforms as T
 
 from ..config import AUTO_NORMALIZATION, NORMALIZATIONS, DataConfig
@@ -111,4 +112,40 @@ class ContrastiveViews:
         views = {"query": self.view(image), "key": self.view(image)}
         if self.original is not None:
             views["original"] = self.original(image)
+        return views
+
+
+class MultiCropViews:
+    """DINO's views of one image (Caron et al. 2021; TransReID-SSL's person-sized variant): two global
+    crops at ``data.height × data.width`` and ``pretrain.local_crops`` small ones at half that size.
+
+    Each crop: random resized crop (bicubic; globals over ``pretrain.crop_scale``, locals over
+    ``local_crop_scale``), flip, colour jitter (0.4, 0.4, 0.2, 0.1) with ``jitter_prob``, grayscale
+    with ``grayscale_prob``, then Gaussian blur with DINO's fixed probabilities (1.0 on the first global
+    crop, 0.1 on the second, 0.5 on the small ones) and ``sigma`` from ``blur_sigma``, solarisation of
+    the second global crop with ``solarize_prob``, normalise. Returns ``{"global_0", "global_1"}`` and,
+    with small crops, ``"local"`` (``n×3×h×w``)."""
+
+    def __init__(self, config: DataConfig, pretrain) -> None:
+        size, small = (config.height, config.width), (config.height // 2, config.width // 2)
+        interpolation = T.InterpolationMode.BICUBIC
+        colour = [T.RandomHorizontalFlip(),
+                  T.RandomApply([T.ColorJitter(0.4, 0.4, 0.2, 0.1)], p=pretrain.jitter_prob),
+                  T.RandomGrayscale(p=pretrain.grayscale_prob)]
+        finish = [T.ToTensor(), _normalize(config.normalization)]
+        sigma = tuple(pretrain.blur_sigma)
+
+        def crop(at: tuple[int, int], scale) -> T.RandomResizedCrop:
+            return T.RandomResizedCrop(at, scale=tuple(scale), interpolation=interpolation)
+
+        self.first = T.Compose([crop(size, pretrain.crop_scale), *colour, RandomGaussianBlur(sigma, 1.0), *finish])
+        self.second = T.Compose([crop(size, pretrain.crop_scale), *colour, RandomGaussianBlur(sigma, 0.1),
+                                 T.RandomSolarize(128, p=pretrain.solarize_prob), *finish])
+        self.small = T.Compose([crop(small, pretrain.local_crop_scale), *colour, RandomGaussianBlur(sigma, 0.5), *finish])
+        self.local_crops = pretrain.local_crops
+
+    def __call__(self, image) -> dict:
+        views = {"global_0": self.first(image), "global_1": self.second(image)}
+        if self.local_crops:
+            views["local"] = torch.stack([self.small(image) for _ in range(self.local_crops)])
         return views
