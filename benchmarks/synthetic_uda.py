@@ -50,6 +50,9 @@ RUNS: dict[str, tuple[str, dict[str, Any]]] = {
     "cluster_contrast_usl_eps_auto_rho": ("cluster_contrast_usl_synthm", {"clustering.eps": "auto",
                                                                           "clustering.eps_rho": 6.7e-3}),
     "spcl_usl_eps_auto": ("spcl_synthx_to_synthm", {"source": None, "clustering.eps": "auto"}),
+    # the LUPerson transformer (ViT-S ICS) with its own source stage on synthx (no ResNet-18 weights fit it):
+    # run it alone (--runs cluster_contrast_vit_uda) so its direct transfer is its own source model's
+    "cluster_contrast_vit_uda": ("cluster_contrast_vit_synthx_to_synthm", {"model.init": None}),
 }
 
 

@@ -74,8 +74,8 @@ def test_every_published_setting_extends_its_method_base_recipe():
 
     for path in sorted(recipes_dir().glob("*.yaml")):
         name = path.stem
-        if "synth" in name or name in {"supervised", "moco_luperson"} or re.fullmatch(r"\w+_(uda|usl)", name):
-            continue  # bases (pre-training's is LUPerson's MoCo setting), and the small CPU recipes that stand alone
+        if "synth" in name or name in {"supervised", "moco_luperson", "dino_luperson"} or re.fullmatch(r"\w+_(uda|usl)", name):
+            continue  # bases (pre-training's: LUPerson's MoCo and TransReID-SSL's DINO settings), and the small CPU recipes that stand alone
         text = path.read_text()
         assert re.search(r"^extends: \w+$", text, re.M), f"{path.name} copies its family's settings instead of extends"
         assert len([line for line in text.splitlines() if line and not line.startswith("#")]) <= 15, path.name
@@ -224,7 +224,8 @@ def test_the_transformer_and_ibn_recipes_hold_the_published_settings():
     assert (stage.optim.schedule, stage.optim.warmup_epochs, stage.optim.warmup_factor, stage.optim.min_lr_factor) == (
         "cosine", 20, 0.01, 0.002)
     assert (stage.data.batch_size, stage.data.num_instances, stage.model.drop_path) == (64, 4, 0.1)
-    assert (stage.train.epochs, stage.train.label_smoothing, stage.train.triplet_margin) == (120, 0.0, 0.0)
+    assert (stage.train.epochs, stage.train.passes_per_epoch, stage.train.label_smoothing, stage.train.triplet_margin) == (
+        120, 1.0, 0.0, 0.0)
     assert load_recipe(find_recipe("cluster_contrast_vit_market1501_to_msmt17")).clustering.eps == 0.7
 
     for name in ("spcl_ibn_usl_market1501", "spcl_ibn_market1501_to_msmt17", "spcl_ibn_msmt17_to_market1501"):

@@ -136,6 +136,10 @@ class TrainConfig:
 
     epochs: int = setting(80, limit=NON_NEGATIVE)
     iters_per_epoch: int = setting(200, limit=NON_NEGATIVE, help="0: one pass over the identities")
+    passes_per_epoch: float = setting(
+        0.0, limit=NON_NEGATIVE,
+        help="> 0: instead of iters_per_epoch, floor(passes × labelled images / batch size) iterations "
+             "(TransReID's identity sampler makes an epoch about one pass over the images)")
     label_smoothing: float = setting(0.1, limit=FRACTION)
     triplet_margin: float = setting(0.0, limit=NON_NEGATIVE, help="0: soft margin softplus(d_ap − d_an)")
     id_loss_weight: float = setting(1.0, limit=NON_NEGATIVE)
