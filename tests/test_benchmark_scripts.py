@@ -41,3 +41,23 @@ def test_evaluation_benchmark_with_re_ranking_gives_identical_figures_both_ways(
 def test_bench_lists_every_benchmark_script():
     result = CliRunner().invoke(cli, ["bench", "--help"])
     assert all(name in result.output for name in ("clustering", "evaluation", "synthetic", "throughput", "pretraining"))
+
+
+def test_recipe_cost_counts_the_recipes_images_and_scales_the_reference_time(monkeypatch):
+    import recipe_cost
+
+    figures = {"train_flops": 20e9, "eval_flops": 8e9, "activation_bytes": 2**20, "parameters": 10_000_000}
+    monkeypatch.setattr(recipe_cost, "per_image", lambda config: figures)
+    reference = {"train_flops": 10e9, "eval_flops": 4e9}
+    report = recipe_cost.cost("cluster_contrast_vit_usl_market1501", reference, step_rate=1000.0,
+                              extraction_rate=2000.0, forward_rate=2000.0)
+    trained = 50 * 200 * 256  # epochs x iterations x batch
+    extracted = 50 * 12936 + (1 + 50 // 10) * (3368 + 15913)  # every clustering, every evaluation and the first
+    assert report["images"] == {"trained": {"adaptation": trained}, "extracted_or_evaluated": extracted}
+    # twice the reference's FLOPs: half its step rate, and extraction at the model's rate (1,000/s), the
+    # slower than the loader's 2,000/s
+    expected_hours = (trained / 500.0 + extracted / 1000.0) / 3600
+    assert report["estimated_hours_one_gpu"] == round(expected_hours, 1)
+    assert report["memory_GiB"]["activations_batch_256"] == 0.2  # 1 MiB an image
+    # SGD: weights, gradients and momentum
+    assert report["memory_GiB"]["weights_grads_optimiser"] == round(10e6 * 4 * 3 / 2**30, 2)

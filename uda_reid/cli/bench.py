@@ -16,6 +16,7 @@ SCRIPTS = {
     "evaluation": ("evaluation_memory", "main"),
     "synthetic": ("synthetic_uda", "main"),
     "pretraining": ("pretraining", "main"),
+    "recipe-cost": ("recipe_cost", "main"),
 }
 
 
