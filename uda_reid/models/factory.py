@@ -34,7 +34,7 @@ def fitted_model_config(config: ModelConfig, **changes) -> ModelConfig:
     backbone); a run's own model settings are checked, never fitted."""
     config = dataclasses.replace(config, **changes)
     if is_transformer(config.arch):
-        return dataclasses.replace(config, pooling=TOKEN_POOLING, extra_bn=False if config.extra_bn else config.extra_bn)
+        return dataclasses.replace(config, pooling=TOKEN_POOLING, extra_bn=None)  # None: off for a transformer
     if config.pooling == TOKEN_POOLING:
         return dataclasses.replace(config, pooling=ModelConfig().pooling)
     return config
@@ -90,9 +90,10 @@ def model_from_weights(weights: str, arch: str = "resnet50", *, compute_dtype: t
         except RuntimeError as error:
             raise CheckpointError(f"{weights}: saved weights do not fit its saved model settings: {error}") from None
         return model, config
-    config = adjust(RunConfig())
-    config, note = with_resolved_normalization(
-        dataclasses.replace(config, model=fitted_model_config(config.model, arch=arch, init=weights)))
+    base = RunConfig()
+    config = adjust(dataclasses.replace(base, model=fitted_model_config(base.model, arch=arch, init=weights)))
+    config, note = with_resolved_normalization(  # --set may name another pooling: the arch and file stay
+        dataclasses.replace(config, model=dataclasses.replace(config.model, arch=arch, init=weights)))
     if note is not None and say is not None:
         say(f"note: {note}")
     model, _ = build_model(config.model, compute_dtype=compute_dtype, image_size=_image_size(config))
