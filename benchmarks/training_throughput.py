@@ -40,6 +40,7 @@ from uda_reid.engine.loop import apply_step, step_losses
 from uda_reid.engine.optim import build_optimizer
 from uda_reid.methods import AdaptContext, build_method
 from uda_reid.models.factory import build_model
+from uda_reid.models.normalization import with_resolved_normalization
 from uda_reid.models.features import extract_features
 from uda_reid.precision import PRECISIONS, resolve_precision
 
@@ -67,7 +68,7 @@ def _setup(size: str, precision: str, device: torch.device, paper_batch: int):
     overrides: dict[str, Any] = {"device": str(device), "precision": precision, "model.init": None}
     if size == "paper":
         overrides["data.batch_size"] = paper_batch
-    config = apply_overrides(load_recipe(find_recipe(recipe)), overrides)
+    config, _ = with_resolved_normalization(apply_overrides(load_recipe(find_recipe(recipe)), overrides))
     resolved = resolve_precision(config.precision, device)
     method = build_method(config)
     model, _ = build_model(config.model, compute_dtype=resolved.dtype)

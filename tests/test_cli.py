@@ -97,6 +97,22 @@ def test_resume_names_a_folder_that_holds_no_run(tmp_path):
     assert result.exit_code == 1 and "holds no run to resume (no config.yaml or last.pt)" in result.output
 
 
+@pytest.mark.parametrize("flag, key", [(["--epochs", "3"], "adapt.epochs=1"), (["--seed", "2"], "seed=3"),
+                                       (["--clusterer", "kmeans"], "clustering.clusterer=dbscan")])
+def test_a_flag_and_a_set_that_contradict_each_other_are_refused_naming_the_key(tmp_path, flag, key):
+    out = tmp_path / "r"
+    result = CliRunner().invoke(cli, ["usl", "--dataset", "duke", "--out", str(out), *flag, "--set", key])
+    assert result.exit_code == 1 and f"{key.split('=')[0]} is given twice" in result.output, result.output
+    assert len(result.output.strip().splitlines()) == 1 and not out.exists()
+
+
+def test_a_flag_and_a_set_that_agree_are_accepted():
+    from uda_reid.cli.options import resolve_config
+
+    config = resolve_config("spcl_usl_market1501", {"adapt.epochs": 3}, ("adapt.epochs=3",))
+    assert config.adapt.epochs == 3
+
+
 def test_unknown_recipe_key_in_set_is_named(tmp_path):
     result = CliRunner().invoke(cli, ["train", "--dataset", "market1501", "--out", str(tmp_path / "r"), "--set", "optim.lrr=1"])
     assert result.exit_code == 1 and "unknown key 'lrr'" in result.output
@@ -117,7 +133,7 @@ def _sets():
     "command",
     [
         ["adapt", "--source", "market", "--target", "duke"],
-        ["usl", "--dataset", "duke", "--clusterer", "kmeans"],
+        ["usl", "--dataset", "duke", "--clusterer", "kmeans", "--no-tensorboard"],
         ["usl", "--dataset", "duke", "--precision", "bf16"],
     ],
 )
@@ -137,6 +153,8 @@ def test_adapt_and_usl_commands_run_and_save_the_resolved_config(tmp_path, comma
     assert saved["target"] == "dukemtmc" and saved["adapt"]["epochs"] == 1 and saved["data"]["height"] == (64 if bf16_size else 32)
     assert saved["source"] == ("market1501" if command[0] == "adapt" else None)
     assert saved["precision"] == ("bf16" if "--precision" in command else "fp32")
+    assert saved["tensorboard"] == ("--no-tensorboard" not in command)
+    assert (out / "tensorboard").is_dir() == saved["tensorboard"]
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [0, 1]
     # Running again into the same folder without --resume is refused; with --resume it is a no-op run.
@@ -372,6 +390,12 @@ def test_train_resumed_after_a_kill_ends_with_the_uninterrupted_rows_and_weights
         return [{k: v for k, v in r.items() if not k.endswith("seconds")} for r in metrics_rows(run)]
 
     assert comparable(tmp_path / "cut") == comparable(tmp_path / "full")
+    from tiny_reid_data import tensorboard_events
+
+    def shown(run):  # what TensorBoard shows: the redone epoch once, as the uninterrupted run has it
+        return {tag: points for tag, points in tensorboard_events(run).items() if not tag.endswith("seconds")}
+
+    assert shown(tmp_path / "cut") == shown(tmp_path / "full") and "retrieval/mAP" in shown(tmp_path / "full")
     full, cut = (load_checkpoint(tmp_path / run / "last.pt")["model"] for run in ("full", "cut"))
     assert all(torch.equal(full[k], cut[k]) for k in full)
 

@@ -89,6 +89,18 @@ def metrics_rows(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
 
 
+def tensorboard_events(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """What TensorBoard shows of a run: each scalar tag's (step, value) points after its purges, and
+    each image tag's steps (as (step, width) pairs)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(Path(run_dir) / "tensorboard"), size_guidance={"scalars": 0, "images": 0})
+    events.Reload()
+    shown = {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+    shown.update({tag: [(e.step, e.width) for e in events.Images(tag)] for tag in events.Tags()["images"]})
+    return shown
+
+
 def assert_resume_reaches_the_uninterrupted_run(config, run_root: Path, data_root: Path, monkeypatch, *, kill_after: int = 2,
                                                 run=None) -> None:
     """Run ``config`` (with ``run``, default the adaptation loop) once straight through and once killed

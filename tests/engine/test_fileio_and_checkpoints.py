@@ -73,3 +73,49 @@ def test_run_log_writes_jsonl_plot_and_truncates_on_resume(tmp_path):
     resumed = RunLog(tmp_path, resume=True)
     resumed.truncate_after(1)
     assert [json.loads(line)["epoch"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [1]
+
+
+def test_tensorboard_shows_each_rows_numbers_by_epoch_and_drops_the_epochs_a_resume_redoes(tmp_path):
+    from PIL import Image
+    from tiny_reid_data import tensorboard_events
+
+    log = RunLog(tmp_path, tensorboard=True)
+    for epoch in range(0, 4):
+        log.append({"epoch": epoch, "loss": 1.0 / (epoch + 1), "mAP": 10.0 * epoch, "clusters": 5 + epoch,
+                    "lr": 0.1, "method": "spcl"})
+    Image.new("RGB", (40, 30), "red").save(tmp_path / "grid.png")
+    log.image("clusters", tmp_path / "grid.png", 3)
+    log.close()
+    shown = tensorboard_events(tmp_path)
+    assert shown["retrieval/mAP"] == [(0, 0.0), (1, 10.0), (2, 20.0), (3, 30.0)]
+    assert [step for step, _ in shown["loss/loss"]] == [0, 1, 2, 3] and shown["run/lr"][0] == (0, pytest.approx(0.1))
+    assert shown["clusters/clusters"][-1] == (3, 8.0) and shown["clusters"] == [(3, 40)]
+    resumed = RunLog(tmp_path, resume=True, tensorboard=True)  # killed after epoch 1's checkpoint: 2, 3 redone
+    resumed.truncate_after(1)
+    resumed.append({"epoch": 2, "mAP": 99.0})
+    resumed.close()
+    assert tensorboard_events(tmp_path)["retrieval/mAP"] == [(0, 0.0), (1, 10.0), (2, 99.0)]
+
+
+def test_without_tensorboard_no_event_file_is_written(tmp_path):
+    log = RunLog(tmp_path, tensorboard=False)
+    log.append({"epoch": 1, "mAP": 1.0})
+    assert not (tmp_path / "tensorboard").exists() and (tmp_path / "metrics.jsonl").exists()
+
+
+def test_metrics_plot_shows_equal_outlier_counts_once_and_whole_epochs(tmp_path, monkeypatch):
+    from uda_reid.engine import run_log
+
+    figures = []
+    monkeypatch.setattr(run_log, "save_figure", lambda fig, path: figures.append(fig))
+    log = RunLog(tmp_path)
+    log.append({"epoch": 1, "clusters": 20, "outliers": 7, "unclustered": 7, "mAP": 5.0})
+    panels = {ax.get_title(): ax for ax in figures[-1].axes}
+    labels = [line.get_label() for line in panels["clusters"].lines]
+    assert labels == ["clusters", "outliers (= unclustered)"]  # not a line hidden under another
+    assert panels["clusters"].get_legend().get_texts()[1].get_text() == "outliers (= unclustered)"
+    low, high = panels["retrieval (%)"].get_xlim()
+    assert low <= 0.5 and high >= 1.5  # one epoch: not an axis of 0.95-1.05
+    log.append({"epoch": 2, "clusters": 22, "outliers": 9, "unclustered": 12})
+    labels = [line.get_label() for line in {ax.get_title(): ax for ax in figures[-1].axes}["clusters"].lines]
+    assert labels == ["clusters", "outliers", "unclustered"]

@@ -52,6 +52,10 @@ def test_usl_on_a_folder_of_unlabeled_images_logs_diagnostics_and_draws_clusters
     assert "ari_previous" in rows[1] and "ari_previous" not in rows[0]
     assert (out / "clusters_epoch001.png").exists() and (out / "clusters_epoch002.png").exists()
     assert (out / "best.pt").exists() and (out / "metrics.png").exists()
+    from tiny_reid_data import tensorboard_events
+
+    shown = tensorboard_events(out)  # the cluster grid and the label-free figures, by epoch
+    assert [step for step, _ in shown["clusters"]] == [1, 2] and [s for s, _ in shown["label_free/outlier_share"]] == [1, 2]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["best_mAP"] is None and summary["diagnostics"]["clusters"] == rows[-1]["clusters"]
     saved = yaml.safe_load((out / "config.yaml").read_text())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import operator
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
@@ -59,6 +60,9 @@ RUN_CONTROL = (
     Opt("--set", "set_options", multiple=True, metavar="KEY=VALUE",
         help="Override any recipe key, e.g. --set optim.lr=1e-4 --set clustering.eps=0.5."),
     QUIET,
+    Opt("--no-tensorboard", "no_tensorboard", is_flag=True,
+        help="Do not write TensorBoard event files (tensorboard: false); metrics.jsonl, metrics.png and log.txt "
+             "are written anyway."),
 )
 
 
@@ -80,13 +84,22 @@ def with_dataset_options(config: RunConfig, default_spec: str, pairs: tuple[str,
 def resolve_config(recipe: str, overrides: dict[str, Any], set_options: tuple[str, ...]) -> RunConfig:
     """Recipe file, then the explicit flags, then ``--set key=value`` pairs."""
     config = load_recipe(find_recipe(recipe))
-    config = apply_overrides(config, {k: v for k, v in overrides.items() if v is not None}, "option")
-    return apply_overrides(config, parse_set_options(set_options), "--set")
+    given = {k: v for k, v in overrides.items() if v is not None}
+    pairs = parse_set_options(set_options)
+    for key in sorted(set(given) & set(pairs)):  # compared as the config types them ('3' from --set is 3)
+        as_flag, as_set = (operator.attrgetter(key)(apply_overrides(config, {key: value}, source))
+                           for value, source in ((given[key], "option"), (pairs[key], "--set")))
+        if as_flag != as_set:
+            raise ConfigError(f"{key} is given twice: {as_flag!r} by a command-line option and {as_set!r} by "
+                              f"--set {key}=...; give it once")
+    config = apply_overrides(config, given, "option")
+    return apply_overrides(config, pairs, "--set")
 
 
-def shared_overrides(init, arch, device, precision, seed, eval_on) -> dict[str, Any]:
+def shared_overrides(init, arch, device, precision, seed, eval_on, no_tensorboard=False) -> dict[str, Any]:
     """The flags every training command shares, as dotted config keys (None = keep the recipe's)."""
     return {
+        "tensorboard": False if no_tensorboard else None,
         "model.init": init,
         "model.arch": arch,
         "device": device,

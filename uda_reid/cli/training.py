@@ -64,7 +64,7 @@ def _train_options() -> list[click.Parameter]:
 @cli.command(cls=RegistryCommand, options=_train_options)
 @click.option("--dataset", required=True, help="Labelled dataset to train on (e.g. market1501, synthx).")
 def train(dataset, recipe, data_root, out, init, arch, epochs, eval_on, device, precision, dataset_options, seed, resume,
-          set_options, quiet):
+          set_options, quiet, no_tensorboard):
     """Supervised training (ID + triplet) on a labelled dataset; stage 1 of UDA."""
     from ..data.datasets import spec_label
     from ..engine.loop import train_supervised
@@ -74,7 +74,7 @@ def train(dataset, recipe, data_root, out, init, arch, epochs, eval_on, device, 
     overrides = {
         "dataset": dataset,
         "train.epochs": epochs,
-        **shared_overrides(init, arch, device, precision, seed, eval_on),
+        **shared_overrides(init, arch, device, precision, seed, eval_on, no_tensorboard),
     }
     config = resolve_config(recipe, overrides, set_options)
     config = with_dataset_options(config, dataset, dataset_options, [dataset, *config.eval_datasets])
@@ -179,7 +179,8 @@ def _run_adaptation(source: str | None, target: str, options: dict[str, Any]) ->
         "clustering.clusterer": o["clusterer"],
         **flag_overrides,
         "adapt.epochs": o["epochs"],
-        **shared_overrides(o["init"], o["arch"], o["device"], o["precision"], o["seed"], o["eval_on"]),
+        **shared_overrides(o["init"], o["arch"], o["device"], o["precision"], o["seed"], o["eval_on"],
+                           o["no_tensorboard"]),
     }
     config = resolve_config(recipe, overrides, set_options)
     if source is None:
@@ -249,7 +250,7 @@ def _pretrain_options() -> list[click.Parameter]:
 @click.option("--dataset", "datasets", multiple=True, help="Or datasets whose train images to use (repeatable: "
                                                            "--dataset synthx --dataset synthm).")
 def pretrain(images, datasets, method, recipe, data_root, out, arch, epochs, eval_on, device, precision,
-             dataset_options, seed, resume, set_options, quiet):
+             dataset_options, seed, resume, set_options, quiet, no_tensorboard):
     """Self-supervised pre-training of a re-ID backbone on unlabelled images (MoCo v2 / UP-ReID).
 
     The result, RUN/backbone.pth, starts any run: udareid usl ... --init moco:RUN/backbone.pth.
@@ -267,7 +268,7 @@ def pretrain(images, datasets, method, recipe, data_root, out, arch, epochs, eva
                               f"drop --method, or choose a {method} recipe")
     recipe = recipe or f"{method or DEFAULT_PRETRAINER}_luperson"
     overrides = {"pretrain.datasets": specs, "pretrain.method": method, "pretrain.epochs": epochs,
-                 **shared_overrides(None, arch, device, precision, seed, eval_on)}
+                 **shared_overrides(None, arch, device, precision, seed, eval_on, no_tensorboard)}
     config = resolve_config(recipe, overrides, set_options)
     config = with_dataset_options(config, specs[0], dataset_options, [*specs, *config.eval_datasets])
     out = out or Path("runs") / f"pretrain_{config.pretrain.method}_{'_'.join(spec_label(s) for s in specs)}"

@@ -299,6 +299,8 @@ class _RunFields:
     device: str = setting("auto", check=_is_device, expects="auto, cpu, cuda or cuda:N")
     precision: str = setting("fp32", choices=PRECISIONS,
                              help="the backbone's autocast dtype; auto: per device (uda_reid.precision)")
+    tensorboard: bool = setting(True, help="also write TensorBoard event files (run folder's tensorboard/); "
+                                           "metrics.jsonl stays the record")
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)

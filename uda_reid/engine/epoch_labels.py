@@ -108,10 +108,13 @@ class EpochLabelling:
             if epoch_labels.scores:
                 plot_score_distributions(self.run_dir)
             if not self.labelled:
-                save_cluster_grid(ctx.target_samples, result.labels, self.run_dir / f"clusters_epoch{epoch + 1:03d}.png",
-                                  seed=self.config.seed + epoch,
-                                  title=f"{self.run_dir.name}: epoch {epoch + 1}, {result.num_clusters} clusters "
-                                        f"({result.num_outliers} outliers); sampled clusters, one per row")
+                grid = save_cluster_grid(
+                    ctx.target_samples, result.labels, self.run_dir / f"clusters_epoch{epoch + 1:03d}.png",
+                    seed=self.config.seed + epoch,
+                    title=f"{self.run_dir.name}: epoch {epoch + 1}, {result.num_clusters} clusters "
+                          f"({result.num_outliers} outliers); sampled clusters, one per row")
+                if grid is not None:
+                    self.log.image("clusters", grid, epoch + 1)
         return epoch_labels
 
     def _data_derived_eps(self, features: torch.Tensor) -> float:

@@ -127,7 +127,8 @@ class TrainingLoop(EpochLabelling):
                  else ", ".join(self.train_specs))
         self.log = RunLog(self.run_dir, resume=resume, writes=self.dist.is_main,
                           screen=self.stage_name if self.dist.is_main else None, epochs=self.stage.epochs,
-                          title=f"{self.run_dir.name}: {self.method_name}, {self.stage_name}, {shown}")
+                          title=f"{self.run_dir.name}: {self.method_name}, {self.stage_name}, {shown}",
+                          tensorboard=config.tensorboard)
 
     # ------------------------------------------------------------------ set-up
     def _build_add_ons(self, with_add_ons: bool) -> list:
@@ -532,6 +533,7 @@ class TrainingLoop(EpochLabelling):
                 add_on.finish(model, evaluated, self.run_dir, ctx)
         if self.dist.is_main:  # last: its presence says the run is complete
             atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+        self.log.close()
         self.dist.barrier()
         return summary
 
