@@ -4,6 +4,7 @@ starts: at the start of the code, after a shell operator, or after ``python -m u
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -53,3 +54,40 @@ def test_every_udareid_command_in_the_readme_exists_and_answers_help():
         if result.exit_code != 0:
             failing[" ".join(path)] = result.output.strip().splitlines()[-1:]
     assert not failing, f"README.md shows commands udareid does not have: {failing}"
+
+
+def _own_cameras_block() -> list[str]:
+    """The command lines of README.md's "Your own cameras" code block."""
+    text = README.read_text()
+    section = text[text.index("## Your own cameras"):]
+    block = re.search(r"```bash\n(.*?)```", section, re.S).group(1)
+    return [line for line in block.splitlines() if line.startswith("udareid ")]
+
+
+def test_the_readmes_extract_and_search_run_as_written_on_a_folder_of_ordinary_file_names(tmp_path, monkeypatch):
+    """``extract --images DIR`` and ``search`` exactly as README.md shows them, on crops named as a camera
+    or a person names them (no camera ids, a space, a tab and a line break in a name)."""
+    import shlex
+    import shutil
+
+    from tiny_reid_data import save_tiny_checkpoint, write_two_domains
+
+    crops = sorted((write_two_domains(tmp_path / "data") / "DukeMTMC-reID" / "query").glob("*.jpg"))
+    folder = tmp_path / "my_cameras"
+    folder.mkdir()
+    names = ["IMG_0001.jpg", "photo 2.jpg", "tab\tname.jpg", "line\nbreak.jpg", '"quoted".jpg']
+    for crop, name in zip(crops, names):
+        shutil.copy(crop, folder / name)
+    shutil.copy(crops[-1], tmp_path / "person.jpg")
+    weights, _, _ = save_tiny_checkpoint(tmp_path / "best.pt")
+    monkeypatch.chdir(tmp_path)
+    lines = {line.split()[1]: line for line in _own_cameras_block()}
+    for command in ("extract", "search"):
+        line = lines[command].replace("runs/.../best.pt", str(weights)).replace("/data/my_cameras", str(folder))
+        result = CliRunner().invoke(cli, shlex.split(line)[1:] + ["--quiet"])
+        assert result.exit_code == 0, f"{line}\n{result.output}"
+        if command == "extract":
+            assert "read as one camera" in result.output
+    ranked = json.loads((tmp_path / "results" / "ranked_lists.json").read_text())
+    shown = {Path(match["path"]).name for query in ranked["ranked_lists"] for match in query["matches"]}
+    assert shown == set(names)  # every name read back from features.npy.index.tsv as it was written

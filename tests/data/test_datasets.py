@@ -224,13 +224,37 @@ def test_folder_default_camera_pattern_does_not_read_numbers_inside_names(tmp_pa
     from uda_reid.errors import DatasetLayoutError
 
     write_images(tmp_path, ["pic0001.jpg", "pic0002.jpg"])
+    ordinary = load_dataset("folder", tmp_path)  # not camera 1 and camera 2: one camera, and the user is told
+    assert {s.camid for s in ordinary.train} == {0} and len(ordinary.notes) == 1
+    assert "no file name carries a camera id" in ordinary.notes[0] and "camera_regex" in ordinary.notes[0]
+    assert "note: " in format_stats(ordinary)
     with pytest.raises(DatasetLayoutError, match="pic0001.jpg does not match camera_regex"):
-        load_dataset("folder", tmp_path)  # not camera 1 and camera 2
+        load_dataset("folder", tmp_path, camera_regex=r"_c(\d+)")  # a pattern the user gave: every name
     per_image = tmp_path / "per_image"
     write_images(per_image, [f"pic{i:04d}.jpg" for i in range(1, 7)])
     dataset = load_dataset("folder", tmp_path, path=per_image, camera_regex=r"pic(\d+)")
     assert dataset.num_cameras == 6 and "warning: 6 cameras for 6 train images" in format_stats(dataset)
     assert "warning" not in format_stats(load_dataset("folder", tmp_path, path=per_image, camera_regex="none"))
+
+
+def test_a_folder_where_some_names_carry_cameras_and_some_do_not_is_an_error_naming_one(tmp_path: Path) -> None:
+    from uda_reid.errors import DatasetLayoutError
+
+    write_images(tmp_path, ["cam_c1_0001.jpg", "cam_c2_0002.jpg", "IMG_0003.jpg"])
+    with pytest.raises(DatasetLayoutError, match=r"IMG_0003.jpg does not match camera_regex .* \(2 of 3 names do\)"):
+        load_dataset("folder", tmp_path)
+
+
+def test_hexadecimal_names_are_not_read_as_camera_ids(tmp_path: Path) -> None:
+    write_images(tmp_path, ["c81234.jpg", "c8a1f.jpg", "3c4_9.jpg", "0f00.jpg"])
+    dataset = load_dataset("folder", tmp_path)
+    assert {s.camid for s in dataset.train} == {0} and len(dataset.notes) == 1
+
+
+def test_a_folder_with_camera_ids_in_every_name_reads_them_without_a_note(tmp_path: Path) -> None:
+    write_images(tmp_path, ["cam_c1_0001.jpg", "cam_c2_0002.jpg"])
+    dataset = load_dataset("folder", tmp_path)
+    assert dataset.num_cameras == 2 and dataset.notes == ()
 
 
 def test_folder_dataset_defaults_to_root_and_accepts_text_cameras_or_none(tmp_path: Path) -> None:
@@ -462,7 +486,7 @@ def test_folder_file_without_camera_names_file_and_regex(tmp_path: Path) -> None
     write_images(tmp_path, ["cam_c1_0001.jpg", "snapshot.jpg"])
     with pytest.raises(DatasetLayoutError) as error:
         load_dataset("folder", tmp_path)
-    assert str(tmp_path / "snapshot.jpg") in str(error.value) and r"'(?:^|_)c(\d+)'" in str(error.value)
+    assert str(tmp_path / "snapshot.jpg") in str(error.value) and "(1 of 2 names do)" in str(error.value)
 
 
 def test_folder_missing_or_empty_is_named(tmp_path: Path) -> None:

@@ -41,11 +41,12 @@ def test_a_folder_spec_is_the_folder_dataset_with_its_path(own_images):
 
 def test_usl_on_a_folder_of_unlabeled_images_logs_diagnostics_and_draws_clusters(own_images, tmp_path):
     out = tmp_path / "run"
-    args = ["usl", "--dataset", f"folder:{own_images}", "--dataset-option", "camera_regex=none", "--out", str(out),
+    args = ["usl", "--dataset", f"folder:{own_images}", "--out", str(out),  # ordinary names: no camera ids
             "--epochs", "2", "--quiet", *[a for item in TINY for a in ("--set", item)]]
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
     assert "no query/gallery split, so no mAP" in result.output and "outlier_share" in result.output
+    assert "are read as one camera" in result.output and "are read as one camera" in (out / "log.txt").read_text()
     rows = metrics_rows(out)
     assert [r["epoch"] for r in rows] == [1, 2]  # no epoch-0 evaluation without a query/gallery split
     assert all("mAP" not in r and "outlier_share" in r and "intra_distance" in r for r in rows)
@@ -59,7 +60,7 @@ def test_usl_on_a_folder_of_unlabeled_images_logs_diagnostics_and_draws_clusters
     summary = json.loads((out / "summary.json").read_text())
     assert summary["best_mAP"] is None and summary["diagnostics"]["clusters"] == rows[-1]["clusters"]
     saved = yaml.safe_load((out / "config.yaml").read_text())
-    assert saved["target"] == f"folder:{own_images}" and saved["dataset_options"] == {"folder": {"camera_regex": "none"}}
+    assert saved["target"] == f"folder:{own_images}" and saved["dataset_options"] == {}
     # the same command with --resume: the saved config (folder and its option) matches, nothing to redo
     again = CliRunner().invoke(cli, args + ["--resume"])
     assert again.exit_code == 0 and "no mAP" in again.output, again.output

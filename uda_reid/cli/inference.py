@@ -10,7 +10,7 @@ import click
 from ..config import apply_overrides, find_recipe, load_recipe, parse_set_options
 from ..errors import ConfigError
 from .group import cli
-from .options import DATA_ROOT, DATASET_OPTION, DEVICE, PRECISION, with_dataset_options
+from .options import DATA_ROOT, DATASET_OPTION, DEVICE, PRECISION, load_dataset_for, with_dataset_options
 
 
 def _trained_model_options(f):
@@ -63,12 +63,11 @@ def _trained_model(weights: str, arch: str, set_options: tuple[str, ...], device
 def evaluate(dataset, weights, arch, recipe, data_root, device, precision, dataset_options, rerank, as_json, set_options,
              quiet):
     """mAP and Rank-1/5/10 of a model on a dataset's query/gallery (Market protocol)."""
-    from ..data.datasets import load_dataset, options_for
     from ..evaluation.protocol import evaluate_model
 
     model, config, torch_device = _trained_model(weights, arch, set_options, device, precision, recipe)
     config = with_dataset_options(config, dataset, dataset_options, [dataset])
-    data = load_dataset(dataset, data_root, **options_for(dataset, config.dataset_options))
+    data = load_dataset_for(dataset, data_root, config)
     reranker = None
     if rerank:
         from ..evaluation.rerank import re_rank_chunks
@@ -96,7 +95,6 @@ def evaluate(dataset, weights, arch, recipe, data_root, device, precision, datas
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def extract(weights, images, dataset, split, out, arch, data_root, device, precision, dataset_options, set_options, quiet):
     """L2-normalised features of images, with their paths (and ids and cameras when known)."""
-    from ..data.datasets import load_dataset, options_for
     from ..models.features import write_features
 
     if (images is None) == (dataset is None):
@@ -104,7 +102,7 @@ def extract(weights, images, dataset, split, out, arch, data_root, device, preci
     model, config, torch_device = _trained_model(weights, arch, set_options, device, precision)
     spec = f"folder:{images}" if images is not None else dataset
     config = with_dataset_options(config, spec, dataset_options, [spec])
-    data = load_dataset(spec, data_root, **options_for(spec, config.dataset_options))
+    data = load_dataset_for(spec, data_root, config)
     samples = {"train": data.train, "query": data.query, "gallery": data.gallery,
                "all": [*data.train, *data.query, *data.gallery]}[split]
     if not samples:
@@ -133,7 +131,6 @@ def extract(weights, images, dataset, split, out, arch, data_root, device, preci
 def search(weights, query, gallery, dataset, top, out, arch, data_root, device, precision, dataset_options,
            set_options, quiet):
     """Each query's nearest gallery images, as pictures (query, then its top K) and as JSON."""
-    from ..data.datasets import load_dataset, options_for
     from ..data.layouts import IMAGE_EXTENSIONS, UNLABELED_PID, Sample
     from ..evaluation.search import write_ranked_lists
     from ..models.features import extract_features, read_features
@@ -147,10 +144,10 @@ def search(weights, query, gallery, dataset, top, out, arch, data_root, device, 
     config = with_dataset_options(config, dataset or "folder", dataset_options, [dataset] if dataset else folders)
 
     def images_of(spec: str) -> list[Sample]:
-        return load_dataset(spec, data_root, **options_for(spec, config.dataset_options)).train
+        return load_dataset_for(spec, data_root, config).train
 
     if dataset is not None:
-        data = load_dataset(dataset, data_root, **options_for(dataset, config.dataset_options))
+        data = load_dataset_for(dataset, data_root, config)
         if not data.query or not data.gallery:
             raise ConfigError(f"--dataset {dataset}: {data.root} has no query/gallery split to search")
         query_samples, gallery_samples, gallery_features = data.query, data.gallery, None

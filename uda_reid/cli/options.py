@@ -81,6 +81,17 @@ def with_dataset_options(config: RunConfig, default_spec: str, pairs: tuple[str,
     return dataclasses.replace(config, dataset_options=merged)
 
 
+def load_dataset_for(spec: str, data_root, config: RunConfig):
+    """``spec`` with the options ``config`` holds for it; the loader's notes (a folder read as one
+    camera) go to stderr, where the user sees them next to the command's output."""
+    from ..data.datasets import load_dataset, options_for
+
+    dataset = load_dataset(spec, data_root, **options_for(spec, config.dataset_options))
+    for note in dataset.notes:
+        click.echo(f"note: {note}", err=True)
+    return dataset
+
+
 def resolve_config(recipe: str, overrides: dict[str, Any], set_options: tuple[str, ...]) -> RunConfig:
     """Recipe file, then the explicit flags, then ``--set key=value`` pairs."""
     config = load_recipe(find_recipe(recipe))

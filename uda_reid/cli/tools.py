@@ -10,7 +10,7 @@ import click
 from ..config import load_recipe, parse_set_options
 from ..errors import ConfigError
 from .group import cli
-from .options import DATA_ROOT, DEVICE
+from .options import DATA_ROOT, DEVICE, load_dataset_for
 
 
 @cli.command("plot-distances")
@@ -24,7 +24,6 @@ def plot_distances(run_dir, checkpoint, data_root, device, quiet):
 
     Writes distances.png and distances.json into the run folder (GDS runs write them at the end).
     """
-    from ..data.datasets import load_dataset, options_for
     from ..device import resolve_device
     from ..evaluation.distances import dataset_histograms, save_histograms
     from ..models.factory import model_from_weights
@@ -35,7 +34,7 @@ def plot_distances(run_dir, checkpoint, data_root, device, quiet):
     model, config = model_from_weights(str(weights))
     torch_device = resolve_device(device or config.device)
     spec = config.target or config.dataset
-    dataset = load_dataset(spec, data_root, **options_for(spec, config.dataset_options))
+    dataset = load_dataset_for(spec, data_root, config)
     histograms = dataset_histograms(model.to(torch_device), dataset, config.data, device=torch_device, progress=not quiet)
     json_path, png_path = save_histograms(histograms, run_dir, title=f"{run_dir.name} ({checkpoint}.pt), {dataset.name}")
     for split, histogram in histograms.items():
@@ -53,7 +52,6 @@ def plot_distances(run_dir, checkpoint, data_root, device, quiet):
 @DATA_ROOT
 def inspect_agreement(run_dir, epoch, count, out, data_root):
     """Grid of the target images with the lowest and the highest PPLR cross-agreement."""
-    from ..data.datasets import load_dataset, options_for
     from ..data.image_dataset import readable_samples
     from ..engine.epoch_records import load_epoch_records
     from ..evaluation.agreement_grid import save_agreement_grid
@@ -69,7 +67,7 @@ def inspect_agreement(run_dir, epoch, count, out, data_root):
     if epoch not in records:
         raise ConfigError(f"--epoch {epoch}: no agreement scores saved for it; saved epochs: {', '.join(map(str, sorted(records)))}")
     spec = config.target or config.dataset
-    dataset = load_dataset(spec, data_root, **options_for(spec, config.dataset_options))
+    dataset = load_dataset_for(spec, data_root, config)
     samples = readable_samples(dataset.train, progress=False) if config.data.skip_unreadable else dataset.train
     out = out or run_dir / f"agreement_extremes_epoch{epoch:03d}.png"
     scores = records[epoch]["score_agreement"]
@@ -128,6 +126,7 @@ def data_stats(dataset, data_root, options, as_json):
 
     loaded = load_dataset(dataset, data_root, **parse_set_options(options, "--option"))
     if as_json:
-        click.echo(json.dumps({"dataset": loaded.name, "root": str(loaded.root), "layout": loaded.layout, **loaded.stats()}))
+        click.echo(json.dumps({"dataset": loaded.name, "root": str(loaded.root), "layout": loaded.layout,
+                               "notes": list(loaded.notes), **loaded.stats()}))
     else:
         click.echo(format_stats(loaded))

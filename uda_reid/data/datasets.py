@@ -56,6 +56,8 @@ class ReidDataset:
     query: list[Sample]
     gallery: list[Sample]
     layout: str
+    #: What the loader decided for the user and they should hear (on screen and in the run's log).
+    notes: tuple[str, ...] = ()
 
     def stats(self) -> dict[str, dict[str, int]]:
         """Images, identities (unlabeled -1 not counted) and cameras per split."""
@@ -163,6 +165,7 @@ def format_stats(dataset: ReidDataset) -> str:
         cells = [row[0].ljust(widths[0])] + [cell.rjust(width) for cell, width in zip(row[1:], widths[1:])]
         lines.append("  " + "  ".join(cells))
     lines.append(f"layout: {dataset.layout}")
+    lines.extend(f"note: {note}" for note in dataset.notes)
     train = dataset.stats()["train"]
     if train["ids"] == 0 and train["cameras"] > 1 and train["cameras"] * 2 > train["images"]:  # unlabeled images
         lines.append(f"warning: {train['cameras']} cameras for {train['images']} train images: the camera pattern "
@@ -252,10 +255,16 @@ def msmt17(data_root: Path) -> ReidDataset:
 
 # ---- a user's own cameras --------------------------------------------------------------------
 
-FOLDER_CAMERA_REGEX = r"(?:^|_)c(\d+)"
+# ``c<digits>`` at the start of the name or after ``_``, ended by ``_`` or Market's ``s<digit>``: a
+# hexadecimal name like ``c81234.jpg`` or ``c8a1f.jpg`` is not read as a camera.
+FOLDER_CAMERA_REGEX = r"(?:^|_)c(\d+)(?=_|s\d)"
+#: The folder's default camera_regex: FOLDER_CAMERA_REGEX, or one camera when no file name has the field.
+AUTO_CAMERAS = "auto"
 
 
 def _is_camera_regex(value: str) -> bool:
+    if value.lower() == AUTO_CAMERAS:
+        return True
     try:
         compile_camera_regex(value)
     except ConfigError:
@@ -270,21 +279,34 @@ def image_folder(
     path: Annotated[str | os.PathLike | None, Rule(help="the image folder (default: the data root itself)")] = None,
     camera_regex: Annotated[str | None, Rule(
         check=_is_camera_regex, help="the camera id from the file name",
-        expects="a regex with exactly one group giving the camera id (e.g. 'c(\\d+)'), or none for one camera",
-    )] = FOLDER_CAMERA_REGEX,
+        expects="auto, a regex with exactly one group giving the camera id (e.g. 'c(\\d+)'), or none for one camera",
+    )] = AUTO_CAMERAS,
 ) -> ReidDataset:
     """Unlabeled images of one's own cameras for USL: all go to train with pid -1; no query/gallery.
 
-    `path` is the image folder (default: the data root itself); `camera_regex` has one group giving
-    the camera id from the file name, or is `none` for a single camera. The default reads the
-    Market-style field `c<digits>` only at the start of the name or after `_` (`cam_c3_0001.jpg`,
-    `c2_000451.jpg`), so a `pic0001.jpg` is not read as camera 1.
+    `path` is the image folder (default: the data root itself). `camera_regex` has one group giving
+    the camera id from the file name, or is `none` for a single camera. The default, `auto`, reads
+    the Market-style field `c<digits>` at the start of the name or after `_`, ended by `_` or `s<digit>`
+    (`cam_c3_0001.jpg`, `c2_000451.jpg`, `0002_c1s1_000451_03.jpg`; `pic0001.jpg` and `c81234.jpg` are not
+    camera ids) and, when no name has it (most people's crops),
+    reads the folder as one camera with a note saying so. Some names with the field and some without
+    is an error: that is a naming slip, not a single camera.
     """
     folder = Path(path).expanduser().absolute() if path is not None else data_root
-    train = read_image_folder(folder, camera_regex)
-    single_camera = camera_regex is None or camera_regex.lower() == "none"
-    cameras = "every image in camera 0" if single_camera else f"cameras from camera_regex '{camera_regex}'"
-    return ReidDataset("folder", folder, train, [], [], layout=f"unlabeled image folder, {cameras}")
+    auto = camera_regex is not None and camera_regex.lower() == AUTO_CAMERAS
+    train, as_one_camera = read_image_folder(folder, FOLDER_CAMERA_REGEX if auto else camera_regex,
+                                             one_camera_if_none_match=auto)
+    single_camera = as_one_camera or camera_regex is None or camera_regex.lower() == "none"
+    notes: tuple[str, ...] = ()
+    if as_one_camera:
+        notes = (f"{folder}: no file name carries a camera id (like cam_c3_0001.jpg), so all {len(train)} images "
+                 f"are read as one camera; to give camera ids, name the files that way or pass "
+                 f"--dataset-option camera_regex=REGEX (one group: the camera)",)
+    if single_camera:
+        cameras = "every image in camera 0"
+    else:
+        cameras = f"cameras from camera_regex '{FOLDER_CAMERA_REGEX if auto else camera_regex}'"
+    return ReidDataset("folder", folder, train, [], [], layout=f"unlabeled image folder, {cameras}", notes=notes)
 
 
 # ---- built-in synthetic domains --------------------------------------------------------------

@@ -316,16 +316,19 @@ def compile_camera_regex(camera_regex: str | None) -> re.Pattern[str] | None:
     return compiled
 
 
-def read_image_folder(folder: Path, camera_regex: str | None) -> list[Sample]:
-    """Unlabeled samples (pid -1) of all images under `folder`, cameras from the file names.
+def read_image_folder(folder: Path, camera_regex: str | None, *, one_camera_if_none_match: bool = False
+                      ) -> tuple[list[Sample], bool]:
+    """Unlabeled samples (pid -1) of all images under `folder`, cameras from the file names, and
+    whether they were read as one camera because no name matched (``one_camera_if_none_match``).
 
     Raw camera values map to 0-based indices in sorted order, numerically when they are all numbers
-    (so `c2` comes before `c10`, and `c01` is the same camera as `c1`).
+    (so `c2` comes before `c10`, and `c01` is the same camera as `c1`). Some names matching and some
+    not is an error either way: a half-read camera field is a naming slip to fix, not a default.
     """
     if not folder.is_dir():
         raise DatasetLayoutError(
             f"image folder {folder} does not exist (expected a folder of .jpg/.jpeg/.png/.bmp images, "
-            f"searched recursively, with the camera in the file name, e.g. cam_c3_000123.jpg)"
+            f"searched recursively; camera ids in the file names, e.g. cam_c3_000123.jpg, are optional)"
         )
     images = list_images(folder, recursive=True)
     if not images:
@@ -335,20 +338,22 @@ def read_image_folder(folder: Path, camera_regex: str | None) -> list[Sample]:
         )
     compiled = compile_camera_regex(camera_regex)
     if compiled is None:
-        return [Sample(str(image), UNLABELED_PID, 0) for image in images]
+        return [Sample(str(image), UNLABELED_PID, 0) for image in images], False
 
-    raw_cameras = []
-    for image in images:
-        match = compiled.search(image.name)
-        if match is None or match.group(1) is None:
-            raise DatasetLayoutError(
-                f"file name {image} does not match camera_regex '{compiled.pattern}'; "
-                f"pass a camera_regex whose group gives the camera, or 'none' for a single camera"
-            )
-        raw_cameras.append(match.group(1))
+    matches = [compiled.search(image.name) for image in images]
+    matched = [m is not None and m.group(1) is not None for m in matches]
+    if one_camera_if_none_match and not any(matched):
+        return [Sample(str(image), UNLABELED_PID, 0) for image in images], True
+    if not all(matched):
+        image = images[matched.index(False)]
+        raise DatasetLayoutError(
+            f"file name {image} does not match camera_regex '{compiled.pattern}' ({sum(matched)} of {len(images)} "
+            f"names do); pass a camera_regex whose group gives the camera, or 'none' for a single camera"
+        )
+    raw_cameras = [m.group(1) for m in matches]
     if all(raw.isdigit() for raw in raw_cameras):
         keys: list[int | str] = [int(raw) for raw in raw_cameras]
     else:
         keys = list(raw_cameras)
     camera_index = {key: index for index, key in enumerate(sorted(set(keys)))}  # type: ignore[type-var]
-    return [Sample(str(image), UNLABELED_PID, camera_index[key]) for image, key in zip(images, keys)]
+    return [Sample(str(image), UNLABELED_PID, camera_index[key]) for image, key in zip(images, keys)], False

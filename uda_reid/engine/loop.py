@@ -142,6 +142,8 @@ class TrainingLoop(EpochLabelling):
 
     def _dataset(self, spec: str) -> ReidDataset:
         dataset = load_dataset(spec, self.data_root, **options_for(spec, self.config.dataset_options))
+        for note in dataset.notes:
+            self._say(f"note: {note}")
         return self._readable(dataset) if self.config.data.skip_unreadable else dataset  # each file checked once
 
     def _load(self) -> tuple[ReidDataset | None, list[ReidDataset], ReidDataset | None]:

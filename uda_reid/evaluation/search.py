@@ -8,6 +8,7 @@ it is read a block of rows at a time and each query keeps its running top K, so 
 from __future__ import annotations
 
 import json
+import re
 import os
 from pathlib import Path
 from typing import Sequence
@@ -114,7 +115,8 @@ def write_ranked_lists(
         tqdm(list(zip(query, rows, distances)), desc="ranked lists", disable=not progress, leave=False), start=1
     ):
         matches = [(gallery[row], float(d)) for row, d in zip(kept_rows, kept_distances) if row >= 0]
-        picture = f"{number:05d}_{Path(sample.path).stem}.png"
+        # a picture name any file system and shell takes: no control characters, at most ~70 characters
+        picture = f"{number:05d}_{re.sub(r'[^A-Za-z0-9._-]+', '_', Path(sample.path).stem)[:60]}.png"
         save_ranked_list(sample, [m for m, _ in matches], [d for _, d in matches], out_dir / picture)
         lists.append({
             "query": sample.path, "pid": sample.pid, "camid": sample.camid, "picture": picture,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
@@ -20,6 +22,9 @@ from ..device import loader_workers
 from ..data.datasets import Sample
 from ..data.image_dataset import ImageDataset
 from ..data.transforms import build_test_transform
+
+#: The columns of an ``.index.tsv``.
+INDEX_HEADER = ("row", "path", "pid", "camid")
 
 if TYPE_CHECKING:
     from ..distributed import DistributedContext
@@ -107,7 +112,7 @@ def write_features(
     if not samples:
         raise ConfigError("no images to extract features from")
     chunks = iter_feature_chunks(model, samples, data_config, device=device, progress=progress)
-    index = "row\tpath\tpid\tcamid\n" + "".join(f"{i}\t{s.path}\t{s.pid}\t{s.camid}\n" for i, s in enumerate(samples))
+    index = index_tsv(samples)
     if out.suffix == ".npz":
         features = F.normalize(torch.cat(list(chunks)), dim=1).numpy()
         with atomic_path(out) as tmp, open(tmp, "wb") as handle:
@@ -124,8 +129,36 @@ def write_features(
             row += len(chunk)
         matrix.flush()
         del matrix
-    atomic_write_text(out.with_name(out.name + ".index.tsv"), index)
+    # surrogateescape: a name in no valid UTF-8 (bytes from another system) is written back byte for byte
+    atomic_write_text(out.with_name(out.name + ".index.tsv"), index, errors="surrogateescape")
     return out
+
+
+def index_tsv(samples: Sequence[Sample]) -> str:
+    """``row, path, pid, camid``, tab-separated, one line per image. A path holding a tab, a line break
+    or a quote is quoted as CSV does (``"a\tb.jpg"``), so any name a file system allows reads back."""
+    text = io.StringIO()
+    writer = csv.writer(text, delimiter="\t", lineterminator="\n", quoting=csv.QUOTE_MINIMAL)
+    writer.writerow(INDEX_HEADER)
+    writer.writerows((i, s.path, s.pid, s.camid) for i, s in enumerate(samples))
+    return text.getvalue()
+
+
+def read_index_tsv(index: Path) -> list[Sample]:
+    """The samples of an index :func:`index_tsv` wrote, in row order."""
+    samples = []
+    with open(index, newline="", encoding="utf-8", errors="surrogateescape") as handle:
+        rows = csv.reader(handle, delimiter="\t")
+        header = next(rows, None)
+        if header != list(INDEX_HEADER):
+            raise ConfigError(f"{index}: expected the header {'<TAB>'.join(INDEX_HEADER)}, found {header!r}")
+        for fields in rows:
+            try:
+                samples.append(Sample(fields[1], int(fields[2]), int(fields[3])))
+            except (IndexError, ValueError):
+                raise ConfigError(f"{index}: line {rows.line_num} is not 'row<TAB>path<TAB>pid<TAB>camid': "
+                                  f"{fields!r}") from None
+    return samples
 
 
 def read_features(path: str | Path) -> tuple[np.ndarray, list[Sample]]:
@@ -146,13 +179,7 @@ def read_features(path: str | Path) -> tuple[np.ndarray, list[Sample]]:
         if not index.is_file():
             raise ConfigError(f"{path}: its index {index.name} (row, path, pid, camid) is missing next to it")
         features = np.load(path, mmap_mode="r")
-        samples = []
-        for number, line in enumerate(index.read_text().splitlines()[1:], start=2):
-            fields = line.split("\t")
-            try:
-                samples.append(Sample(fields[1], int(fields[2]), int(fields[3])))
-            except (IndexError, ValueError):
-                raise ConfigError(f"{index}: line {number} is not 'row<TAB>path<TAB>pid<TAB>camid': {line!r}") from None
+        samples = read_index_tsv(index)
     if features.ndim != 2 or len(features) != len(samples):
         raise ConfigError(f"{path}: {features.shape} features for {len(samples)} indexed images; "
                           f"expected an N×D matrix with one row per image")
