@@ -96,10 +96,35 @@ def test_an_empty_image_read_by_a_dataloader_worker_is_the_original_one_line(tmp
     assert "DataLoader worker" not in result.output
 
 
-def test_skip_unreadable_skips_a_bad_image_in_any_split_and_counts_it(tmp_path):
+def _huge(path, monkeypatch, pixels: int) -> None:
+    """``path`` becomes an image PIL refuses as a decompression bomb (the limit lowered to a few thousand
+    pixels, so the test writes a 200×100 image instead of 16000×12000)."""
+    from PIL import Image
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 4000)
+    side = int(pixels ** 0.5)
+    Image.new("RGB", (2 * side, side // 2), "gray").save(path)
+
+
+@pytest.mark.parametrize("pixels", [20_000, 6_000], ids=["bomb-error", "bomb-warning"])
+def test_an_image_past_the_decompression_bomb_limit_is_one_line_naming_the_file(tmp_path, monkeypatch, pixels):
+    from uda_reid.data.image_dataset import read_image
+    from uda_reid.errors import ImageReadError
+
+    huge = tmp_path / "IMG_huge.jpg"
+    _huge(huge, monkeypatch, pixels)
+    with pytest.raises(ImageReadError, match=f"cannot read image {huge}: .*skip_unreadable"):
+        read_image(str(huge))
+
+
+@pytest.mark.parametrize("fault", ["empty", "decompression-bomb"])
+def test_skip_unreadable_skips_a_bad_image_in_any_split_and_counts_it(tmp_path, monkeypatch, fault):
     data_root = write_two_domains(tmp_path / "data")
     broken = next((data_root / "DukeMTMC-reID" / "query").glob("*.jpg"))
-    broken.write_bytes(b"")
+    if fault == "empty":
+        broken.write_bytes(b"")
+    else:
+        _huge(broken, monkeypatch, 20_000)
     result = CliRunner().invoke(cli, ["usl", "--dataset", "dukemtmc", "--data-root", str(data_root), "--out",
                                       str(tmp_path / "r"), "--epochs", "1", "--quiet",
                                       *tiny("data.skip_unreadable=true")])

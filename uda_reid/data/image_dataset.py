@@ -15,11 +15,16 @@ from .datasets import ReidDataset, Sample
 
 
 def read_image(path: str) -> Image.Image:
-    """Decode ``path`` as RGB; a missing, unreadable or truncated file is an ImageReadError."""
+    """Decode ``path`` as RGB; a missing, unreadable or truncated file is an ImageReadError, and so is
+    an image larger than PIL's decompression-bomb limit (``Image.MAX_IMAGE_PIXELS``, ~89 megapixels;
+    a person crop is a few thousand): decoding it would take gigabytes, and PIL's own error or warning
+    names no file."""
     try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
-    except (OSError, SyntaxError, ValueError) as error:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                return image.convert("RGB")
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         raise ImageReadError(
             f"cannot read image {path}: {error}. Remove or replace the file, or set "
             f"data.skip_unreadable: true (--set data.skip_unreadable=true) to skip such files"
