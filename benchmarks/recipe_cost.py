@@ -31,6 +31,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from uda_reid.config import RunConfig, apply_overrides, find_recipe, load_recipe
+from uda_reid.engine.memory_check import network_footprint
 from uda_reid.engine.run_configs import source_stage_config
 from uda_reid.methods import build_method
 
@@ -52,26 +53,20 @@ def _model(config: RunConfig) -> torch.nn.Module:
 
 
 def per_image(config: RunConfig) -> dict[str, float]:
-    """FLOPs per image of a training step and of an extraction, and the activation bytes per image."""
+    """FLOPs per image of a training step and of an extraction, and the activation bytes per image
+    (what the run's own memory check counts: uda_reid.engine.memory_check)."""
     model = _model(config).train()
     images = torch.randn(2, 3, config.data.height, config.data.width)
-    saved: dict[int, int] = {}
-
-    def keep(tensor: torch.Tensor) -> torch.Tensor:
-        saved[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
-        return tensor
-
     with FlopCounterMode(display=False) as train_flops:
-        with torch.autograd.graph.saved_tensors_hooks(keep, lambda tensor: tensor):
-            output = model(images)
+        output = model(images)
         tensors = [t for t in (output if isinstance(output, tuple) else (output,)) if isinstance(t, torch.Tensor)]
         sum(t.float().pow(2).mean() for t in tensors if t.requires_grad).backward()
     model.eval()
     with torch.no_grad(), FlopCounterMode(display=False) as eval_flops:
         model(images)
-    parameters = sum(p.numel() for p in model.parameters())
+    footprint = network_footprint(model, config.data.height, config.data.width, torch.device("cpu"))
     return {"train_flops": train_flops.get_total_flops() / 2, "eval_flops": eval_flops.get_total_flops() / 2,
-            "activation_bytes": sum(saved.values()) / 2, "parameters": parameters}
+            "activation_bytes": footprint.training_bytes_per_image, "parameters": footprint.parameters}
 
 
 def _stage_images(stage_config: RunConfig, section: str, dataset: str) -> int:

@@ -362,7 +362,7 @@ def test_a_method_without_a_recipe_for_the_task_is_named(tmp_path):
 def test_train_resumed_after_a_kill_ends_with_the_uninterrupted_rows_and_weights(tmp_path, monkeypatch):
     from tiny_reid_data import metrics_rows, write_two_domains
 
-    from uda_reid.engine import loop
+    from uda_reid.engine import run_checkpoints
     from uda_reid.models.checkpoints import load_checkpoint, save_checkpoint
 
     data_root = write_two_domains(tmp_path / "data")
@@ -380,7 +380,7 @@ def test_train_resumed_after_a_kill_ends_with_the_uninterrupted_rows_and_weights
             raise KeyboardInterrupt
 
     with monkeypatch.context() as patch:
-        patch.setattr(loop, "save_checkpoint", killed)
+        patch.setattr(run_checkpoints, "save_checkpoint", killed)
         assert train(tmp_path / "cut").exit_code != 0
     assert train(tmp_path / "cut").exit_code == 1  # a started run is never silently redone
     result = train(tmp_path / "cut", "--resume")

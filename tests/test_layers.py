@@ -12,7 +12,7 @@ import uda_reid
 
 LAYERS = [
     {"errors", "registry", "plugins", "recipe_lookup", "fileio", "config", "device", "precision", "distributed",
-     "centroids"},
+     "centroids", "run_folder", "stopping"},
     {"data"},
     {"models"},
     {"clustering", "memory", "losses"},

@@ -355,6 +355,13 @@ def check_batch_split(config: RunConfig, world_size: int, section: str = "adapt"
             f"{section}.bn_groups ({stage.bn_groups}) must divide {batch_key} ({batch}): "
             f"BatchNorm groups are equal parts of the batch"
         )
+    sync_bn = getattr(stage, "sync_bn", False)
+    if (batch if sync_bn else batch // max(stage.bn_groups, world_size)) < 2:
+        raise ConfigError(
+            f"{batch_key} ({batch}) gives BatchNorm fewer than 2 images per "
+            + (f"{section}.bn_groups group" if stage.bn_groups > 1 else "process")
+            + f": training BatchNorm needs at least 2 to compute its statistics; raise {batch_key}"
+        )
 
 
 

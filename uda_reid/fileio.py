@@ -7,6 +7,7 @@ Each writer writes a temporary file in the destination folder and renames it ove
 from __future__ import annotations
 
 import argparse
+import glob
 import os
 import pickle
 import re
@@ -21,7 +22,23 @@ import torch
 from .errors import CheckpointError
 
 
-_TEMPORARY_SUFFIX = ".tmp"
+TEMPORARY_SUFFIX = ".tmp"
+
+# Atomic writes in progress in this process, and a stop (SIGINT / SIGTERM, see uda_reid.stopping)
+# that arrived during one: it is raised when the last write has finished, not in the middle of it.
+_writes_in_progress = 0
+_stop_after_writes: BaseException | None = None
+
+
+def writing() -> bool:
+    """Whether an atomic write is in progress (a signal handler then defers its stop)."""
+    return _writes_in_progress > 0
+
+
+def stop_after_writes(stop: BaseException) -> None:
+    """Raise ``stop`` as soon as the atomic writes in progress have finished."""
+    global _stop_after_writes
+    _stop_after_writes = stop
 
 
 def _umask() -> int:
@@ -37,11 +54,15 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     The result gets the permissions of a file opened normally (0666 less the umask), not the 0600
     of the temporary file, so a group sharing the run folder can read it.
     """
+    global _writes_in_progress, _stop_after_writes
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=_TEMPORARY_SUFFIX, dir=path.parent)
+    # A short hidden name (at most ~60 characters, whatever the target's): a legal 250-character name
+    # must not fail because its temporary would pass the file system's 255.
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name[:40]}.", suffix=TEMPORARY_SUFFIX, dir=path.parent)
     os.close(fd)
     tmp = Path(tmp_name)
+    _writes_in_progress += 1
     try:
         yield tmp
         os.chmod(tmp, 0o666 & ~_umask())
@@ -49,17 +70,24 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp.exists():
             tmp.unlink()
+        _writes_in_progress -= 1
+        if _writes_in_progress == 0 and _stop_after_writes is not None:
+            stop, _stop_after_writes = _stop_after_writes, None
+            raise stop
 
 
-def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
-    """Delete the hidden ``.NAME.*.tmp`` files a kill during an atomic write left in ``folder``.
+def remove_stale_temporaries(folder: str | os.PathLike, target: str | None = None) -> list[Path]:
+    """Delete the hidden ``.NAME.*.tmp`` files a kill during an atomic write left in ``folder``
+    (with ``target``: only those of that file name).
 
-    Call it only where no other process is writing (a run's own folder, at its start).
+    Call it only where no other process is writing (a run's own folder at its start; a file that
+    only this command writes).
     """
     folder = Path(folder)
     if not folder.is_dir():
         return []
-    stale = [p for p in folder.glob(f".*{_TEMPORARY_SUFFIX}") if p.is_file()]
+    pattern = f".{glob.escape(target[:40])}.*{TEMPORARY_SUFFIX}" if target is not None else f".*{TEMPORARY_SUFFIX}"
+    stale = [p for p in folder.glob(pattern) if p.is_file()]
     for path in stale:
         path.unlink()
     return stale

@@ -63,7 +63,7 @@ def test_resume_after_a_kill_reaches_the_uninterrupted_result(tmp_path, data_roo
 
 def test_resume_with_another_config_is_refused(tmp_path, data_root):
     adapt(tiny_config(target="dukemtmc", **{"adapt.epochs": 1}), tmp_path, data_root=data_root, progress=False)
-    with pytest.raises(CheckpointError, match=r"clustering.eps: checkpoint 0.6, now 0.5"):
+    with pytest.raises(CheckpointError, match=r"clustering.eps: run 0.6, now 0.5"):
         adapt(tiny_config(target="dukemtmc", **{"clustering.eps": 0.5}), tmp_path, data_root=data_root,
               progress=False, resume=True)
 

@@ -34,7 +34,7 @@ def test_checkpoint_round_trip(tmp_path):
 def test_resume_with_another_config_is_refused_naming_the_difference(tmp_path):
     save_checkpoint(tmp_path / "c.pt", RunConfig(), 0, model={})
     other = apply_overrides(RunConfig(), {"optim.lr": 0.1, "train.epochs": 3, "device": "cpu"})
-    with pytest.raises(CheckpointError, match=r"another configuration \(optim.lr: checkpoint 0.00035, now 0.1\)"):
+    with pytest.raises(CheckpointError, match=r"another configuration \(optim.lr: run 0.00035, now 0.1\)"):
         load_checkpoint(tmp_path / "c.pt", expect_config=other)
     # epochs and device may change on resume
     load_checkpoint(tmp_path / "c.pt", expect_config=apply_overrides(RunConfig(), {"train.epochs": 3}))

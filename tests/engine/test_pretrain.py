@@ -47,12 +47,18 @@ def test_pretraining_from_the_cli_gives_a_backbone_that_init_moco_reads_without_
     for name, tensor in model.backbone.state_dict().items():
         if not name.endswith("num_batches_tracked"):  # BN step counters carry no weights: not imported
             torch.testing.assert_close(tensor, backbone[name])
-    # The frozen backbone's figure is what `udareid evaluate --weights moco:backbone.pth` measures.
+    # The frozen backbone's figure is what `udareid evaluate --weights moco:backbone.pth` measures, at the
+    # image size of the run beside it (no recipe, no --set).
     evaluated = CliRunner().invoke(cli, ["evaluate", "--dataset", "duke", "--weights", f"moco:{out / 'backbone.pth'}",
                                          "--arch", "resnet18", "--data-root", str(data_root), "--json", "--quiet",
-                                         "--set", "data.height=32", "--set", "data.width=16", "--device", "cpu"])
+                                         "--device", "cpu"])
     assert evaluated.exit_code == 0, evaluated.output
+    assert f"note: images at 32x16, the size of the run in {out / 'config.yaml'}" in evaluated.output
     assert json.loads(evaluated.stdout)["mAP"] == pytest.approx(rows[1]["mAP"], abs=0.01)
+    resized = CliRunner().invoke(cli, ["evaluate", "--dataset", "duke", "--weights", f"moco:{out / 'backbone.pth'}",
+                                       "--arch", "resnet18", "--data-root", str(data_root), "--json", "--quiet",
+                                       "--device", "cpu", "--set", "data.height=64", "--set", "data.width=32"])
+    assert resized.exit_code == 0 and "note: images at" not in resized.output, resized.output
     # The run's last.pt reads the same way, in evaluate (with the run's own image settings) and as --init.
     from_last = CliRunner().invoke(cli, ["evaluate", "--dataset", "duke", "--weights", str(out / "last.pt"),
                                          "--data-root", str(data_root), "--json", "--quiet", "--device", "cpu"])

@@ -17,7 +17,7 @@ import pytest
 import torch
 from tiny_reid_data import metrics_rows, tiny_adapt_config, tiny_pretrain_config, write_two_domains
 
-from uda_reid.engine import loop, run_log
+from uda_reid.engine import run_checkpoints, run_log
 from uda_reid.models import checkpoints
 from uda_reid.models.checkpoints import load_checkpoint
 from uda_reid.config import save_config
@@ -77,7 +77,7 @@ def kill_after_checkpoint(monkeypatch, folder, epoch):
         if path == folder / "last.pt" and saved_epoch + 1 == epoch:
             raise Killed
 
-    monkeypatch.setattr(loop, "save_checkpoint", killed)
+    monkeypatch.setattr(run_checkpoints, "save_checkpoint", killed)
 
 
 def kill_during_checkpoint_write(monkeypatch, folder, epoch):
@@ -92,7 +92,7 @@ def kill_during_checkpoint_write(monkeypatch, folder, epoch):
             monkeypatch.setattr(checkpoints, "atomic_torch_save", _keep_temporary(half_written))
         save(path, config, saved_epoch, **state)
 
-    monkeypatch.setattr(loop, "save_checkpoint", killed)
+    monkeypatch.setattr(run_checkpoints, "save_checkpoint", killed)
 
 
 def _keep_temporary(write):

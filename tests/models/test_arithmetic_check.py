@@ -105,7 +105,8 @@ def test_a_run_in_auto_precision_falls_back_to_fp32_before_any_work(monkeypatch,
     data_root = write_two_domains(tmp_path / "data")
     config = tiny_adapt_config(target="dukemtmc", **{"precision": "auto", "adapt.epochs": 1})
     adapt(config, tmp_path / "run", data_root=data_root, progress=False)
-    assert built == [torch.bfloat16, None]  # auto chose bf16, the check found the fault, the run is fp32
+    # the memory check's measuring copy, then auto's bf16, the check found the fault, the run is fp32
+    assert built == [torch.bfloat16, torch.bfloat16, None]
     log = (tmp_path / "run" / "log.txt").read_text()
     assert "note: precision auto: fp32, as this CPU computes bf16 at 32×16 images: layer3.0.conv1" in log
     assert "backbone in" not in log

@@ -9,14 +9,15 @@ import click
 
 from .group import cli
 
-#: bench command -> (module of uda_reid.benchmarks, its click command).
+#: bench command -> (module of uda_reid.benchmarks, its click command, what it measures).
 SCRIPTS = {
-    "clustering": ("clustering_stage", "clustering_bench"),
-    "throughput": ("training_throughput", "main"),
-    "evaluation": ("evaluation_memory", "main"),
-    "synthetic": ("synthetic_uda", "main"),
-    "pretraining": ("pretraining", "main"),
-    "recipe-cost": ("recipe_cost", "main"),
+    "clustering": ("clustering_stage", "clustering_bench",
+                   "kNN, Jaccard and clustering: seconds per step and peak memory, against SpCL's own code"),
+    "throughput": ("training_throughput", "main", "training and extraction images/s, fp32 against mixed precision"),
+    "evaluation": ("evaluation_memory", "main", "evaluation at MSMT17 size: seconds and peak memory of the ranking"),
+    "synthetic": ("synthetic_uda", "main", "every method on synthx -> synthm over seeds: mAP against direct transfer"),
+    "pretraining": ("pretraining", "main", "random weights against MoCo / UP-ReID / DINO backbones, USL on synthm"),
+    "recipe-cost": ("recipe_cost", "main", "a recipe's FLOPs, memory and images, with an estimated time on one GPU"),
 }
 
 
@@ -29,8 +30,13 @@ class _BenchmarkGroup(click.Group):
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
         if name not in SCRIPTS:
             return None
-        module, command = SCRIPTS[name]
+        module, command, _ = SCRIPTS[name]
         return getattr(importlib.import_module(f"uda_reid.benchmarks.{module}"), command)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """The list from SCRIPTS: ``--help`` imports no benchmark (nor torch)."""
+        with formatter.section("Commands"):
+            formatter.write_dl([(name, SCRIPTS[name][2]) for name in self.list_commands(ctx)])
 
 
 @cli.group(cls=_BenchmarkGroup)

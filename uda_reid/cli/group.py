@@ -13,11 +13,19 @@ from ..errors import UdaReidError
 class _Group(click.Group):
     """Turns faults in the user's input or environment into click's one-line ``Error: ...`` and exit
     code 1: UdaReidError (also when raised inside a DataLoader worker) and OSError (a read-only or
-    full disk, a file where a folder should be). Programming errors keep their traceback."""
+    full disk, a file where a folder should be). Programming errors keep their traceback. SIGINT and
+    SIGTERM stop a command with a line saying where it stands (uda_reid.stopping)."""
 
     def invoke(self, ctx: click.Context) -> Any:
+        from ..stopping import Stopped, stop_on_signals
+
         try:
-            return super().invoke(ctx)
+            with stop_on_signals():
+                return super().invoke(ctx)
+        except Stopped as stop:  # Ctrl-C or kill: said in a line, with the shell's exit code (130, 143)
+            click.echo(stop.message or f"stopped by {stop.name}; files are written whole or not at all, "
+                                       f"so run the command again", err=True)
+            ctx.exit(stop.exit_code)
         except UdaReidError as error:
             raise click.ClickException(user_message(error)) from None
         except OSError as error:

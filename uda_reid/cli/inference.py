@@ -63,11 +63,13 @@ def _trained_model(weights: str, arch: str, set_options: tuple[str, ...], device
 def evaluate(dataset, weights, arch, recipe, data_root, device, precision, dataset_options, rerank, as_json, set_options,
              quiet):
     """mAP and Rank-1/5/10 of a model on a dataset's query/gallery (Market protocol)."""
+    from ..engine.memory_check import check_extraction
     from ..evaluation.protocol import evaluate_model
 
     model, config, torch_device = _trained_model(weights, arch, set_options, device, precision, recipe)
     config = with_dataset_options(config, dataset, dataset_options, [dataset])
     data = load_dataset_for(dataset, data_root, config)
+    check_extraction(model, config.data, len(data.query) + len(data.gallery), torch_device)
     reranker = None
     if rerank:
         from ..evaluation.rerank import re_rank_chunks
@@ -95,6 +97,7 @@ def evaluate(dataset, weights, arch, recipe, data_root, device, precision, datas
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def extract(weights, images, dataset, split, out, arch, data_root, device, precision, dataset_options, set_options, quiet):
     """L2-normalised features of images, with their paths (and ids and cameras when known)."""
+    from ..engine.memory_check import check_extraction
     from ..models.features import write_features
 
     if (images is None) == (dataset is None):
@@ -107,6 +110,7 @@ def extract(weights, images, dataset, split, out, arch, data_root, device, preci
                "all": [*data.train, *data.query, *data.gallery]}[split]
     if not samples:
         raise ConfigError(f"{data.name} ({data.root}) has no images in split {split!r}")
+    check_extraction(model, config.data, len(samples), torch_device, held=out.suffix == ".npz")
     write_features(model, samples, config.data, out, device=torch_device, progress=not quiet)
     index = "" if out.suffix == ".npz" else f" and {out.name}.index.tsv"
     click.echo(f"{len(samples)} images of {data.name} ({split}) -> {out}{index}")

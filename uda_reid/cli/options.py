@@ -60,6 +60,9 @@ RUN_CONTROL = (
     Opt("--set", "set_options", multiple=True, metavar="KEY=VALUE",
         help="Override any recipe key, e.g. --set optim.lr=1e-4 --set clustering.eps=0.5."),
     QUIET,
+    Opt("--overwrite", is_flag=True,
+        help="Let a new run write into an --out folder that holds other files (those with the names a run "
+             "writes are replaced); without it such a folder is refused."),
     Opt("--no-tensorboard", "no_tensorboard", is_flag=True,
         help="Do not write TensorBoard event files (tensorboard: false); metrics.jsonl, metrics.png and log.txt "
              "are written anyway."),
@@ -120,26 +123,48 @@ def shared_overrides(init, arch, device, precision, seed, eval_on, no_tensorboar
     }
 
 
-def prepare_run_dir(out: Path, resume: bool) -> None:
-    """Never silently overwrite or half-reuse an earlier run: a folder where a run started (its
-    ``config.yaml``) is continued with --resume, or left alone."""
-    started = (out / "config.yaml").exists() or (out / "last.pt").exists()
-    if resume:
-        if not started:
-            raise ConfigError(f"--resume: {out} holds no run to resume (no config.yaml or last.pt)")
-        return
-    if started:
-        raise ConfigError(
-            f"--out {out} already holds a run; pass --resume to continue it or choose another --out"
-        )
-
-
-def run_on_every_process(run, config: RunConfig, out: Path, *, data_root, resume: bool, quiet: bool):
+def run_on_every_process(run, config: RunConfig, out: Path, *, data_root, resume: bool, quiet: bool,
+                         overwrite: bool = False):
     """``run(config, out, ...)`` on every torchrun process (or the one process); its summary on rank 0,
-    None on the others (which print nothing)."""
+    None on the others (which print nothing).
+
+    The run folder's rules (uda_reid.run_folder) hold on rank 0: a folder with the user's files is
+    refused without ``--overwrite``, one process at a time holds it, and a run stopped before its
+    first checkpoint leaves nothing behind. A stop by SIGINT / SIGTERM says where the run stands.
+    """
     from ..distributed import distributed_session
+    from ..run_folder import check_run_folder, remove_if_empty, removed_if_stopped_before_a_checkpoint, run_lock
+    from ..stopping import Stopped
 
     with distributed_session(config.device) as dist:
-        prepare_run_dir(out, resume)
-        summary = run(config, out, data_root=data_root, resume=resume, progress=not quiet, dist=dist)
-        return summary if dist.is_main else None
+        # rank 0 looks, before any rank writes: another rank could otherwise see rank 0's config.yaml
+        dist.on_main(check_run_folder, out, resume=resume, overwrite=overwrite)
+        if not dist.is_main:
+            run(config, out, data_root=data_root, resume=resume, progress=not quiet, dist=dist)
+            return None
+        existed = out.is_dir()
+        try:
+            with run_lock(out) as note, removed_if_stopped_before_a_checkpoint(out):
+                if note is not None:
+                    click.echo(f"note: {note}", err=True)
+                return run(config, out, data_root=data_root, resume=resume, progress=not quiet, dist=dist)
+        except BaseException as error:
+            if not existed:
+                remove_if_empty(out)  # a folder this run made and left nothing in
+            if isinstance(error, Stopped):
+                error.message = stopped_message(error, out)
+            raise
+
+
+def stopped_message(stop, out: Path) -> str:
+    """Where a stopped run stands and the command that continues it."""
+    from ..run_folder import has_checkpoint
+
+    where = stop.where  # set by the TrainingLoop that was running, if one was
+    context = click.get_current_context(silent=True)
+    command = context.command_path if context is not None else "udareid"
+    if has_checkpoint(out):
+        return (f"stopped by {stop.name}{where}; {out} keeps its last complete epoch. Continue with the same "
+                f"command and --resume: {command} … --resume --out {out}")
+    return (f"stopped by {stop.name}{where}, before the run's first checkpoint: nothing to resume, and what it "
+            f"had written in {out} was removed; run the same command again to start over")

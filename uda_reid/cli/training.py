@@ -64,7 +64,7 @@ def _train_options() -> list[click.Parameter]:
 @cli.command(cls=RegistryCommand, options=_train_options)
 @click.option("--dataset", required=True, help="Labelled dataset to train on (e.g. market1501, synthx).")
 def train(dataset, recipe, data_root, out, init, arch, epochs, eval_on, device, precision, dataset_options, seed, resume,
-          set_options, quiet, no_tensorboard):
+          set_options, quiet, overwrite, no_tensorboard):
     """Supervised training (ID + triplet) on a labelled dataset; stage 1 of UDA."""
     from ..data.datasets import spec_label
     from ..engine.loop import train_supervised
@@ -79,7 +79,8 @@ def train(dataset, recipe, data_root, out, init, arch, epochs, eval_on, device, 
     config = resolve_config(recipe, overrides, set_options)
     config = with_dataset_options(config, dataset, dataset_options, [dataset, *config.eval_datasets])
     out = out or Path("runs") / f"train_{spec_label(dataset)}"
-    summary = run_on_every_process(train_supervised, config, out, data_root=data_root, resume=resume, quiet=quiet)
+    summary = run_on_every_process(train_supervised, config, out, data_root=data_root, resume=resume, quiet=quiet,
+                                   overwrite=overwrite)
     if summary is None:
         return
     click.echo(f"run folder: {out}")
@@ -196,7 +197,7 @@ def _run_adaptation(source: str | None, target: str, options: dict[str, Any]) ->
     name = f"{label}_{spec_label(source)}_to_{spec_label(target)}" if source else f"{label}_usl_{spec_label(target)}"
     out = o["out"] or Path("runs") / name
     summary = run_on_every_process(run_adaptation, config, out, data_root=o["data_root"], resume=o["resume"],
-                                   quiet=o["quiet"])
+                                   quiet=o["quiet"], overwrite=o["overwrite"])
     if summary is None:
         return
     click.echo(f"run folder: {out}")
@@ -250,7 +251,7 @@ def _pretrain_options() -> list[click.Parameter]:
 @click.option("--dataset", "datasets", multiple=True, help="Or datasets whose train images to use (repeatable: "
                                                            "--dataset synthx --dataset synthm).")
 def pretrain(images, datasets, method, recipe, data_root, out, arch, epochs, eval_on, device, precision,
-             dataset_options, seed, resume, set_options, quiet, no_tensorboard):
+             dataset_options, seed, resume, set_options, quiet, overwrite, no_tensorboard):
     """Self-supervised pre-training of a re-ID backbone on unlabelled images (MoCo v2 / UP-ReID).
 
     The result, RUN/backbone.pth, starts any run: udareid usl ... --init moco:RUN/backbone.pth.
@@ -272,7 +273,8 @@ def pretrain(images, datasets, method, recipe, data_root, out, arch, epochs, eva
     config = resolve_config(recipe, overrides, set_options)
     config = with_dataset_options(config, specs[0], dataset_options, [*specs, *config.eval_datasets])
     out = out or Path("runs") / f"pretrain_{config.pretrain.method}_{'_'.join(spec_label(s) for s in specs)}"
-    summary = run_on_every_process(run_pretraining, config, out, data_root=data_root, resume=resume, quiet=quiet)
+    summary = run_on_every_process(run_pretraining, config, out, data_root=data_root, resume=resume, quiet=quiet,
+                                   overwrite=overwrite)
     if summary is None:
         return
     click.echo(f"run folder: {out}")

@@ -26,7 +26,11 @@ from ..data.datasets import Sample
 from ..evaluation.cluster_grid import save_cluster_grid
 from ..methods import AdaptContext, EpochLabels
 from ..models.features import extract_features
-from .epoch_records import epoch_record_path, plot_score_distributions, save_epoch_record
+from .epoch_records import (
+    epoch_record_path,
+    plot_score_distributions,
+    save_epoch_record,
+)
 
 
 def clusterer_options(config: RunConfig) -> dict[str, Any]:

@@ -42,21 +42,28 @@ from ..data.datasets import ReidDataset, Sample, load_dataset, options_for
 from ..data.image_dataset import ImageDataset, readable_dataset
 from ..data.samplers import batches_per_pass, build_batch_sampler, check_sampler_rule
 from ..device import loader_workers
-from ..distributed import DistributedContext, bn_groups_per_process, check_batch_split, init_distributed, unwrap_model
+from ..distributed import (
+    DistributedContext,
+    bn_groups_per_process,
+    check_batch_split,
+    init_distributed,
+    unwrap_model,
+)
 from ..errors import ConfigError, TrainingDivergedError
 from ..evaluation.protocol import evaluate_model
-from ..fileio import atomic_path, atomic_write_text, remove_stale_temporaries
+from ..fileio import atomic_write_text, remove_stale_temporaries
 from ..methods import AdaptContext, Method, StepOutput, build_method
-from ..models.batchnorm import convert_to_grouped_bn
-from ..models.checkpoints import load_checkpoint, save_checkpoint
 from ..models.arithmetic_check import checked_precision
+from ..models.batchnorm import convert_to_grouped_bn
 from ..models.normalization import with_resolved_normalization
 from ..precision import resolve_precision
 from .epoch_labels import EpochLabelling, clusterer_options, ground_truth_clusters
+from .memory_check import check_run_fits
 from .optim import build_optimizer, build_scheduler, clip_gradients, set_weight_decay
+from .run_checkpoints import RunCheckpoints
 from .run_configs import source_stage_config, supervised_config
 from .run_log import RunLog
-from .seeding import rank_rng_states, rng_state, seed_everything, set_rng_state
+from .seeding import rank_rng_states, seed_everything, set_rng_state
 
 __all__ = ["TrainingLoop", "adapt", "train_supervised", "supervised_config", "source_stage_config",
            "step_losses", "apply_step", "clusterer_options",
@@ -66,7 +73,7 @@ __all__ = ["TrainingLoop", "adapt", "train_supervised", "supervised_config", "so
 STAGE_NAMES = {"train": "training", "adapt": "adaptation", "pretrain": "pre-training"}
 
 
-class TrainingLoop(EpochLabelling):
+class TrainingLoop(EpochLabelling, RunCheckpoints):
     """One training run in ``run_dir``; ``run()`` returns the summary (also ``summary.json``).
 
     ``method``: the plug-in to train (default: ``adapt.method`` of ``config``). ``dist``: this
@@ -99,6 +106,7 @@ class TrainingLoop(EpochLabelling):
         self.run_dir = Path(run_dir)
         self.data_root = data_root
         self.resume = resume
+        self.epoch_in_progress = 0  # 1-based while an epoch runs (a stopped command reports it)
         self.dist = dist if dist is not None else init_distributed(config.device)
         self.progress = progress and self.dist.is_main
         self.device = self.dist.device
@@ -114,8 +122,8 @@ class TrainingLoop(EpochLabelling):
         rule = config.adapt.sampler if section == "adapt" and config.adapt.sampler != "auto" else self.method.sampler
         self.sampler_rule = check_sampler_rule(rule)  # an unknown adapt.sampler is named before any work
         self.batch_size = self.method.batch_size
-        check_batch_split(config, self.dist.world_size, section, batch_size=self.batch_size,
-                          batch_key="pretrain.batch_size" if section == "pretrain" else "data.batch_size")
+        self.batch_key = "pretrain.batch_size" if section == "pretrain" else "data.batch_size"
+        check_batch_split(config, self.dist.world_size, section, batch_size=self.batch_size, batch_key=self.batch_key)
         self.add_ons = self._build_add_ons(with_add_ons)  # GDS, camera proxies: checked before any work
         self.source_stage = self._source_stage()  # its settings are checked now too
         if self.dist.is_main:
@@ -210,26 +218,24 @@ class TrainingLoop(EpochLabelling):
             model, report = self.method.build_model(model_config, num_classes, precision.dtype)
         return model, report
 
-    def _resume_state(self) -> dict[str, Any] | None:
-        """``last.pt``'s content when resuming a run that wrote one (a UDA run stopped in its source
-        stage has none yet: it then starts its adaptation afresh)."""
-        if not self.resume:
-            return None
-        path = self.run_dir / "last.pt"
-        if not self.dist.broadcast_object(path.exists()):
-            self.log.truncate_after(-1)  # rows written before the first checkpoint are redone
-            return None
-        return load_checkpoint(path, expect_config=self.config_as_written)
-
     # ------------------------------------------------------------------ run
     def run(self) -> dict[str, Any]:
+        try:
+            return self._run()
+        except KeyboardInterrupt as stop:  # Ctrl-C / Stopped: remember where, for the message on screen
+            if not getattr(stop, "where", ""):
+                stop.where = f" in {self.stage_name} epoch {max(self.epoch_in_progress, 1)} of {self.stage.epochs}"
+            raise
+        finally:
+            self.log.close()
+
+    def _run(self) -> dict[str, Any]:
         config, dist = self.config, self.dist
         seed_everything(config.seed)
-        if dist.is_main:
-            save_config(self.config_as_written, self.run_dir / "config.yaml")
         source, trained, evaluated = self._load()
         target_samples = [sample for dataset in trained for sample in dataset.train]
         self.method.check_samples(target_samples)
+        check_run_fits(self, source, trained, evaluated, target_samples)  # before any work (memory_check)
         # A dataset without query/gallery (a folder of someone's own images) has no mAP: label-free
         # diagnostics are logged instead, and best.pt is simply the last epoch's model.
         self.labelled = evaluated is not None and bool(evaluated.query) and bool(evaluated.gallery)
@@ -239,10 +245,12 @@ class TrainingLoop(EpochLabelling):
                       f"(outlier share, cluster sizes, change from the previous epoch, intra/inter-cluster distance) "
                       f"and draws clusters_epochNNN.png; best.pt is the last epoch's model")
         source_samples = source.train if source is not None and self.method.uses_source_batches else None
-        state = self._resume_state()
+        state = self._resume_state()  # a refused --resume has changed nothing on disk
         if state is not None and state["epoch"] + 1 >= self.stage.epochs and (self.run_dir / "summary.json").exists():
             self.log.info(f"resume: {self.run_dir} already finished its {self.stage.epochs} epochs; nothing to do")
             return json.loads((self.run_dir / "summary.json").read_text())
+        if dist.is_main:
+            save_config(self.config_as_written, self.run_dir / "config.yaml")
 
         model, report = self._build_model(self.method.num_classes(target_samples))
         if self.normalization_note is not None:
@@ -335,6 +343,7 @@ class TrainingLoop(EpochLabelling):
                 self._save_best(network, -1, best_map)
 
         for epoch in range(start_epoch, self.stage.epochs):
+            self.epoch_in_progress = epoch + 1
             row: dict[str, Any] = {"epoch": epoch + 1}
             started = time.perf_counter()
             ctx.epoch = epoch
@@ -447,59 +456,6 @@ class TrainingLoop(EpochLabelling):
         return evaluate_model(self.method.evaluation_model(network), dataset, self.config.data, device=self.device,
                               progress=self.progress, dist=self.dist)
 
-    def _exported(self, network) -> dict[str, torch.Tensor]:
-        """The plain ``ReidModel`` weights (what evaluate / --init read)."""
-        return self.method.export_state_dict(network)
-
-    def _checkpoint_marks(self) -> dict[str, Any]:
-        stage = self.method.checkpoint_stage
-        return {} if stage is None else {"stage": stage}
-
-    def _save_artifacts(self, network) -> None:
-        """The method's own files (``backbone.pth``), written atomically by rank 0."""
-        if self.dist.is_main:
-            for name, state in self.method.artifacts(network).items():
-                with atomic_path(self.run_dir / name) as tmp:
-                    torch.save(state, tmp)
-        self.dist.barrier()
-
-    def _save_best(self, network, epoch: int, best_map: float) -> None:
-        """``best.pt``: the exported model only (it is never resumed from)."""
-        if self.dist.is_main:
-            model = self._exported(network)
-            save_checkpoint(self.run_dir / "best.pt", self.config_as_written, epoch, model=model,
-                            num_classes=_classifier_size(model), best_mAP=best_map, **self._checkpoint_marks())
-        self.dist.barrier()  # nobody reads a checkpoint before it is complete
-
-    def _save_last(self, network, optimizer, scheduler, epoch: int, best_map: float) -> None:
-        """``last.pt``: the exported model and everything a resumed run needs to continue exactly.
-        Rank 0 writes (every rank calls: the random states of all ranks are gathered)."""
-        rng_states = self.dist.all_gather_object(rng_state(self.device))
-        if self.dist.is_main:
-            model = self._exported(network)
-            trained = network.state_dict()
-            save_checkpoint(
-                self.run_dir / "last.pt",
-                self.config_as_written,
-                epoch,
-                model=model,
-                num_classes=_classifier_size(model),
-                best_mAP=best_map,
-                train_state={
-                    # None: the trained model is the exported one (stored once)
-                    "model": None if _same_tensors(model, trained) else trained,
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "method": self.method.state_dict(),
-                    "add_ons": {add_on.section: add_on.state_dict() for add_on in self.add_ons},
-                    "rng": rng_states,  # one per rank, in rank order
-                    "grad_scaler": self.grad_scaler.state_dict(),  # empty unless fp16
-                    "resolved_eps": self.resolved_eps,  # clustering.eps auto: the value derived at the first clustering
-                },
-                **self._checkpoint_marks(),
-            )
-        self.dist.barrier()
-
     def _finish(self, ctx: AdaptContext, model, trained: list[ReidDataset], evaluated: ReidDataset | None,
                 best_map: float) -> dict[str, Any]:
         initial = next((r for r in self.log.rows if r.get("epoch") == 0), None)
@@ -535,7 +491,6 @@ class TrainingLoop(EpochLabelling):
                 add_on.finish(model, evaluated, self.run_dir, ctx)
         if self.dist.is_main:  # last: its presence says the run is complete
             atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
-        self.log.close()
         self.dist.barrier()
         return summary
 
@@ -565,15 +520,6 @@ def apply_step(method: Method, add_ons: list, ctx: AdaptContext, loss: torch.Ten
     method.after_step(ctx)
     for add_on in add_ons:
         add_on.after_step(ctx)
-
-
-def _classifier_size(state: dict[str, torch.Tensor]) -> int:
-    weight = state.get("classifier.weight")
-    return 0 if weight is None else int(weight.shape[0])
-
-
-def _same_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
-    return a.keys() == b.keys() and all(a[k] is b[k] or torch.equal(a[k], b[k]) for k in a)
 
 
 def _set_head_parameters(optimizer: torch.optim.Optimizer, parameters: list[torch.nn.Parameter]) -> None:

@@ -73,15 +73,20 @@ class RunLog:
         self.tensorboard_dir = self.run_dir / "tensorboard"
         self._writer = None
         self._tensorboard = tensorboard and writes
-        if self._tensorboard:
-            self._open_writer(purge_step=None)
+        self._purge_step: int | None = None
 
-    def _open_writer(self, purge_step: int | None) -> None:
-        from torch.utils.tensorboard import SummaryWriter  # a dependency; imported only when used
+    def _tensorboard_writer(self):
+        """The event writer, opened at the first figure (a run refused before its first epoch writes
+        no event file), dropping the redone epochs' events when the run was resumed."""
+        if not self._tensorboard:
+            return None
+        if self._writer is None:
+            from torch.utils.tensorboard import (
+                SummaryWriter,  # a dependency; imported only when used
+            )
 
-        if self._writer is not None:
-            self._writer.close()
-        self._writer = SummaryWriter(log_dir=str(self.tensorboard_dir), purge_step=purge_step)
+            self._writer = SummaryWriter(log_dir=str(self.tensorboard_dir), purge_step=self._purge_step)
+        return self._writer
 
     def append(self, row: dict[str, Any]) -> None:
         self.rows.append(row)
@@ -93,23 +98,25 @@ class RunLog:
         atomic_write_text(self.metrics_path, lines)
         self.info(" ".join(f"{k}={_short(v)}" for k, v in row.items()))
         self.plot()
-        if self._writer is not None and "epoch" in row:
+        writer = self._tensorboard_writer()
+        if writer is not None and "epoch" in row:
             for key, value in row.items():
                 if key != "epoch" and _is_number(value):
-                    self._writer.add_scalar(tensorboard_tag(key), value, global_step=row["epoch"])
-            self._writer.flush()
+                    writer.add_scalar(tensorboard_tag(key), value, global_step=row["epoch"])
+            writer.flush()
 
     def image(self, tag: str, png: str | Path, epoch: int) -> None:
         """Show a picture the run wrote (the cluster grid) in TensorBoard at ``epoch``."""
-        if self._writer is None:
+        writer = self._tensorboard_writer()
+        if writer is None:
             return
         import numpy as np
         from PIL import Image
 
         with Image.open(png) as picture:
             pixels = np.asarray(picture.convert("RGB"))
-        self._writer.add_image(tag, pixels, global_step=epoch, dataformats="HWC")
-        self._writer.flush()
+        writer.add_image(tag, pixels, global_step=epoch, dataformats="HWC")
+        writer.flush()
 
     def close(self) -> None:
         if self._writer is not None:
@@ -122,7 +129,8 @@ class RunLog:
         if self.writes:
             atomic_write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in self.rows))
         if self._tensorboard:  # events of the epochs redone are dropped when TensorBoard reads the folder
-            self._open_writer(purge_step=epoch + 1)
+            self.close()
+            self._purge_step = epoch + 1
 
     def info(self, message: str) -> None:
         if self.logger is not None:

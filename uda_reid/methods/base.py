@@ -127,6 +127,9 @@ class Method(abc.ABC):
     checkpoint_stage: str | None = None
     #: The name it is registered under (set by the registry).
     registered_name: str = ""
+    #: Copies of the network's weights it keeps besides the trained one (a momentum encoder, a
+    #: teacher): counted by the memory check before the first batch (engine.memory_check).
+    weight_copies: int = 0
 
     def __init__(self, config: RunConfig) -> None:
         self.config = config
@@ -140,6 +143,11 @@ class Method(abc.ABC):
     def uses_source_batches(self) -> bool:
         """Whether every iteration also draws a labelled source batch (UDA end to end, as SpCL)."""
         return False
+
+    def gradient_forwards_per_image(self) -> float:
+        """Image-sized forward passes with gradients a step makes per batch image (what autograd keeps
+        for the backward pass grows with it): 2 when a source batch comes with every target batch."""
+        return 2.0 if self.uses_source_batches else 1.0
 
     @property
     def batch_size(self) -> int:

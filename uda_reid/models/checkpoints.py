@@ -41,15 +41,34 @@ def load_checkpoint(path: str | Path, expect_config: RunConfig | None = None) ->
             f"{path} has checkpoint version {payload.get('version')}; this uda_reid reads version {VERSION}"
         )
     if expect_config is not None:
-        differences = config_differences(_with_defaults(payload["config"]), config_to_dict(expect_config))
-        differences = [d for d in differences if d[0] not in _RESUMABLE_DIFFERENCES]
-        if differences:
-            shown = "; ".join(f"{key}: checkpoint {old!r}, now {new!r}" for key, old, new in differences[:8])
-            raise CheckpointError(
-                f"cannot resume from {path}: it was written with another configuration ({shown}). "
-                f"Use a new --out folder, or the same recipe and options as the interrupted run"
-            )
+        check_same_config(payload["config"], expect_config, path)
     return payload
+
+
+def check_same_config(saved: dict[str, Any], config: RunConfig, path: str | Path) -> None:
+    """Refuse to resume the run whose settings ``path`` holds (a checkpoint's or its config.yaml)
+    with other settings, naming the keys that differ (device, precision, epochs... may change)."""
+    differences = config_differences(_with_defaults(saved), config_to_dict(config))
+    differences = [d for d in differences if d[0] not in _RESUMABLE_DIFFERENCES]
+    if differences:
+        shown = "; ".join(f"{key}: run {old!r}, now {new!r}" for key, old, new in differences[:8])
+        raise CheckpointError(
+            f"cannot resume from {path}: it was written with another configuration ({shown}). "
+            f"Use a new --out folder, or the same recipe and options as the interrupted run"
+        )
+
+
+def load_config_dict(path: str | Path) -> dict[str, Any]:
+    """A run's ``config.yaml`` as written (a mapping), or a one-line error naming the file."""
+    import yaml
+
+    try:
+        saved = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as error:
+        raise CheckpointError(f"{path}: not a readable run config ({error})") from None
+    if not isinstance(saved, dict):
+        raise CheckpointError(f"{path}: not a run config (expected a mapping of settings)")
+    return saved
 
 
 def _with_defaults(saved: dict[str, Any]) -> dict[str, Any]:

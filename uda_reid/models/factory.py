@@ -11,11 +11,16 @@ import torch
 from ..config import ModelConfig, RunConfig, config_from_dict
 from ..errors import CheckpointError
 from ..fileio import safe_torch_load
-from .checkpoints import is_run_checkpoint, load_checkpoint
-from .checkpoint_import import PRETRAIN_STAGE, ImportReport, load_init, lup_uses_extra_bn
 from .backbones import is_transformer
+from .checkpoint_import import (
+    PRETRAIN_STAGE,
+    ImportReport,
+    load_init,
+    lup_uses_extra_bn,
+)
+from .checkpoints import is_run_checkpoint, load_checkpoint
 from .necks import TOKEN_POOLING
-from .normalization import with_resolved_normalization
+from .normalization import run_config_beside, with_resolved_normalization
 from .reid_model import ReidModel
 
 
@@ -91,7 +96,16 @@ def model_from_weights(weights: str, arch: str = "resnet50", *, compute_dtype: t
             raise CheckpointError(f"{weights}: saved weights do not fit its saved model settings: {error}") from None
         return model, config
     base = RunConfig()
+    beside = run_config_beside(weights)
+    if beside is not None:  # the image size the weights were trained at, unless --recipe / --set says otherwise
+        saved, path = beside
+        height, width = saved["data"].get("height"), saved["data"].get("width")
+        if isinstance(height, int) and isinstance(width, int) and height > 0 and width > 0:
+            base = dataclasses.replace(base, data=dataclasses.replace(base.data, height=height, width=width))
     config = adjust(dataclasses.replace(base, model=fitted_model_config(base.model, arch=arch, init=weights)))
+    if beside is not None and say is not None and _image_size(config) == _image_size(base) != _image_size(RunConfig()):
+        say(f"note: images at {base.data.height}x{base.data.width}, the size of the run in {beside[1]}; "
+            f"--set data.height=H --set data.width=W (or --recipe) to choose")
     config, note = with_resolved_normalization(  # --set may name another pooling: the arch and file stay
         dataclasses.replace(config, model=dataclasses.replace(config.model, arch=arch, init=weights)))
     if note is not None and say is not None:

@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from ..config import DataConfig
 from ..errors import ConfigError
-from ..fileio import atomic_path, atomic_write_text
+from ..fileio import atomic_path, atomic_write_text, remove_stale_temporaries
 from ..device import loader_workers
 from ..data.datasets import Sample
 from ..data.image_dataset import ImageDataset
@@ -111,6 +111,8 @@ def write_features(
         raise ConfigError(f"--out {out}: expected a .npy file (features, plus {out.name}.index.tsv) or a .npz file")
     if not samples:
         raise ConfigError("no images to extract features from")
+    for name in (out.name, out.name + ".index.tsv"):  # left by an earlier extraction killed mid-write
+        remove_stale_temporaries(out.parent, name)
     chunks = iter_feature_chunks(model, samples, data_config, device=device, progress=progress)
     index = index_tsv(samples)
     if out.suffix == ".npz":

@@ -12,6 +12,8 @@ extraction and export of a trained model use it too.
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
+
 import yaml
 
 from ..config import AUTO_NORMALIZATION, NORMALIZATIONS, RunConfig
@@ -27,6 +29,24 @@ def _run_normalization(config_data: object) -> str | None:
         if isinstance(name, str) and name in NORMALIZATIONS:
             return name
     return None
+
+
+def run_config_beside(init: str | None) -> tuple[dict, Path] | None:
+    """The saved config of the uda_reid run whose folder holds the weights file of ``init`` (``udareid
+    pretrain``'s backbone.pth sits beside its config.yaml), and that file; None when there is none."""
+    if init is None:
+        return None
+    kind, path = parse_init_spec(init)
+    if kind not in ("moco", "file") or path is None:
+        return None
+    beside = path.parent / "config.yaml"
+    if not beside.is_file():
+        return None
+    try:
+        content = yaml.safe_load(beside.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None  # not one of ours: nothing is taken from it
+    return (content, beside) if isinstance(content, dict) and isinstance(content.get("data"), dict) else None
 
 
 def weights_normalization(config: RunConfig) -> tuple[str, str]:
@@ -46,9 +66,9 @@ def weights_normalization(config: RunConfig) -> tuple[str, str]:
                 name = _run_normalization(content.get("config"))
                 if name is not None:
                     return name, f"the normalisation of the run that wrote {path.name}"
-        beside = path.parent / "config.yaml"  # udareid pretrain's backbone.pth sits in its run folder
-        if kind == "moco" and beside.is_file():
-            name = _run_normalization(yaml.safe_load(beside.read_text()))
+        beside = run_config_beside(model.init) if kind == "moco" else None
+        if beside is not None:
+            name = _run_normalization(beside[0])
             if name is not None:
                 return name, f"the normalisation of the pre-training run in {path.parent}"
     if kind in ("lup", "upreid", "moco"):

@@ -98,6 +98,12 @@ class DinoTeacher(nn.Module):
 class Dino(PretrainingMethod):
     """DINO: self-distillation of a momentum teacher into the student across crops of one image."""
 
+    weight_copies = 1  # the teacher
+
+    def gradient_forwards_per_image(self) -> float:
+        """The student sees 2 full-size crops and ``local_crops`` at a quarter of the area."""
+        return 2.0 + self.config.pretrain.local_crops / 4
+
     def __init__(self, config) -> None:
         super().__init__(config)
         data, o = config.data, config.pretrain

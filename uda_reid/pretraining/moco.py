@@ -37,6 +37,8 @@ class MomentumKeys(nn.Module):
 class MoCo(PretrainingMethod):
     """MoCo v2: InfoNCE of each query against its key and a queue of earlier keys."""
 
+    weight_copies = 1  # the momentum key encoder (its forward has no gradient)
+
     def setup(self, ctx: AdaptContext, state: dict[str, Any] | None = None) -> None:
         self.keys = self._build_keys(ctx.unwrapped_model).to(ctx.device).train()  # shuffle BN: batch statistics
         if state is not None:

@@ -43,6 +43,10 @@ class UPReID(MoCo):
 
     needs_original = True
 
+    def gradient_forwards_per_image(self) -> float:
+        """The query, then its patches (together the image's area) each through the network."""
+        return 2.0
+
     @property
     def patches(self) -> int:
         return self.config.pretrain.stripes * self.config.pretrain.columns
