@@ -11,7 +11,8 @@ Also ``udareid bench throughput`` in a source checkout. For each size and precis
   same images (a sum of squares of the features as the loss, no memory, no optimiser);
 * **feature extraction**: ``models.features.extract_features`` over JPEG files written in a temporary
   folder (decoding, resizing, normalising, the DataLoader), against a bare forward of the same images
-  already in memory.
+  already in memory, and against the **loader alone** (the same DataLoader with no model: the rate at
+  which this machine's CPUs could feed a GPU, to compare with a GPU's bare forward rate).
 
 Sizes: ``paper`` = the SpCL paper recipe (ResNet-50, 256×128; the per-domain batch is ``--paper-batch``,
 16 by default instead of the recipe's 64, to keep a CPU run short; the ratios barely depend on it),
@@ -41,7 +42,7 @@ from uda_reid.engine.optim import build_optimizer
 from uda_reid.methods import AdaptContext, build_method
 from uda_reid.models.factory import build_model
 from uda_reid.models.normalization import with_resolved_normalization
-from uda_reid.models.features import extract_features
+from uda_reid.models.features import eval_loader, extract_features
 from uda_reid.precision import PRECISIONS, resolve_precision
 
 SIZES = {
@@ -142,13 +143,21 @@ def _extraction_figures(size: str, precision: str, device: torch.device, count: 
         for start in range(0, count, config.data.eval_batch_size):
             model(tensors[start : start + config.data.eval_batch_size].to(device))
 
+    def loader_only() -> None:  # what the loader alone delivers: decode, resize, normalise, batch
+        for batch in eval_loader(samples, config.data, device):
+            batch["image"].to(device, non_blocking=True)
+
     extract_seconds = _timed(extraction, 2, warmup=1)
     bare_seconds = _timed(bare_forward, 2, warmup=1)
+    loader_seconds = _timed(loader_only, 2, warmup=1)
     return {
         "images": count, "batch": config.data.eval_batch_size, "workers": loader_workers(config.data.workers),
         "extract_images_per_s": round(count / extract_seconds, 1),
         "bare_images_per_s": round(count / bare_seconds, 1),
+        "loader_only_images_per_s": round(count / loader_seconds, 1),
         "extract_vs_bare": round(bare_seconds / extract_seconds, 3),
+        # above 1: this machine's loader could feed a model that forwards that many times faster
+        "loader_vs_bare": round(bare_seconds / loader_seconds, 3),
     }
 
 

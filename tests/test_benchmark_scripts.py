@@ -18,6 +18,8 @@ def test_throughput_benchmark_reports_both_precisions_against_bare_passes():
         assert figures["step"]["arch"] == "resnet18" and figures["step"]["images_per_step"] == 64
         assert figures["step"]["step_images_per_s"] > 0 and figures["step"]["step_vs_bare"] > 0
         assert figures["extraction"]["images"] == 8 and figures["extraction"]["extract_vs_bare"] > 0
+        extraction = figures["extraction"]
+        assert extraction["loader_only_images_per_s"] > 0 and extraction["loader_vs_bare"] > 0
     assert synthetic["bf16"]["step_speedup_vs_fp32"] > 0
     assert "step_speedup_vs_fp32" not in synthetic["fp32"]
 
