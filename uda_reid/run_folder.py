@@ -16,7 +16,7 @@ import errno
 import os
 import shutil
 import socket
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Iterator
 
@@ -137,7 +137,5 @@ def removed_if_stopped_before_a_checkpoint(out: Path) -> Iterator[None]:
 
 
 def remove_if_empty(folder: Path) -> None:
-    try:
+    with suppress(OSError):  # not empty, or already gone: left as it is
         folder.rmdir()
-    except OSError:  # not empty, or already gone
-        pass
