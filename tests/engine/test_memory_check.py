@@ -161,3 +161,12 @@ def test_evaluate_and_extract_check_their_batch_against_the_budget(tmp_path, dat
     features = tmp_path / "features.npy"
     line = one_error_line(CliRunner().invoke(cli, ["extract", "--dataset", "dukemtmc", "--out", str(features), *common]))
     assert "feature extraction needs about" in line and not features.exists(), line
+
+
+def test_a_typo_in_the_memory_limit_is_named_before_any_work(tmp_path, monkeypatch):
+    monkeypatch.setenv(MEMORY_LIMIT_ENV, "lots")
+    root = tmp_path / "data"  # synthx would be generated here first if the check came late
+    result = CliRunner().invoke(cli, ["usl", "--dataset", "synthx", "--data-root", str(root), "--out",
+                                      str(tmp_path / "run"), "--quiet", "--set", "device=cpu"])
+    assert one_error_line(result) == f"Error: {MEMORY_LIMIT_ENV}='lots': expected a size such as 8GiB, 512MiB or a number of bytes"
+    assert not root.exists() and not (tmp_path / "run").exists()

@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import dataclasses
 import operator
+import os
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 import click
 
-from ..config import PRECISIONS, RunConfig, apply_overrides, find_recipe, load_recipe, parse_set_options
+from ..config import (
+    PRECISIONS,
+    RunConfig,
+    apply_overrides,
+    find_recipe,
+    load_recipe,
+    parse_set_options,
+)
 from ..errors import ConfigError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -133,9 +141,17 @@ def run_on_every_process(run, config: RunConfig, out: Path, *, data_root, resume
     first checkpoint leaves nothing behind. A stop by SIGINT / SIGTERM says where the run stands.
     """
     from ..distributed import distributed_session
-    from ..run_folder import check_run_folder, remove_if_empty, removed_if_stopped_before_a_checkpoint, run_lock
+    from ..engine.memory_check import MEMORY_LIMIT_ENV, parse_size
+    from ..run_folder import (
+        check_run_folder,
+        remove_if_empty,
+        removed_if_stopped_before_a_checkpoint,
+        run_lock,
+    )
     from ..stopping import Stopped
 
+    if os.environ.get(MEMORY_LIMIT_ENV):  # a typo in the budget is named before any work (data generation too)
+        parse_size(os.environ[MEMORY_LIMIT_ENV])
     with distributed_session(config.device) as dist:
         # rank 0 looks, before any rank writes: another rank could otherwise see rank 0's config.yaml
         dist.on_main(check_run_folder, out, resume=resume, overwrite=overwrite)
