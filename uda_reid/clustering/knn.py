@@ -12,7 +12,9 @@ Backends (``KNN_BACKENDS``, option ``--knn``):
   arithmetic (about twice float32's speed), keeping a margin of extra candidates that are re-scored
   in float32 and certified by the rounding bound, so the lists are those of float32 search
   (:func:`.knn_cpu._exact_knn_cpu`). On CUDA each block's candidates come from ``topk`` and the block size
-  from :func:`plan_device_block`, a function of the free memory that counts every temporary.
+  from :func:`plan_device_block`, a function of the free memory that counts every temporary; the
+  product is bf16 there too (tensor cores), with the same re-scoring and certification
+  (:func:`.knn_gpu._exact_knn_device_bf16`).
 * ``faiss-flat`` — exact, faiss brute force (on the process's own GPU when faiss has GPUs).
 * ``faiss-ivf`` / ``faiss-hnsw`` — approximate, for N in the millions: a faiss index proposes the
   lists, then neighbour descent (each row is offered its neighbours' neighbours and the rows that
@@ -22,8 +24,9 @@ Backends (``KNN_BACKENDS``, option ``--knn``):
 
 Ties: the exact ``torch`` backend orders neighbours by similarity, then by smaller index, so equal
 similarities (duplicate images) give the same lists on every run, block size and product. On the
-CPU the similarity is ``dot_rows`` (float32, one fixed order); the CUDA path ranks by its block
-products, which may order two neighbours within ~1e-7 of each other the other way. The faiss
+CPU the similarity is ``dot_rows`` (float32, one fixed order); the CUDA path ranks by its float32
+block products or, with bf16, by its float32 re-score (:func:`.knn_gpu.rescore`), which may order two
+neighbours within ~1e-7 of each other the other way. The faiss
 backends apply the same order to the neighbours they return, but which of several tied candidates at
 rank k survives is faiss's choice.
 
@@ -64,9 +67,11 @@ from .knn_gpu import (
     DEVICE_MAX_BLOCK,
     DEVICE_MIN_BLOCK,
     _exact_knn_device,
+    _exact_knn_device_bf16,
     device_block_bytes,
     device_block_size,
     device_resident_bytes,
+    float32_accumulation,
     plan_device_block,
 )
 
@@ -80,13 +85,13 @@ def default_device() -> torch.device:
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
 
-def choose_block_size(num_samples: int, device: torch.device, *, dim: int = 0, k: int = 0) -> int:
+def choose_block_size(num_samples: int, device: torch.device, *, dim: int = 0, k: int = 0, product: str = "float32") -> int:
     """Rows per block: on the CPU a block×block float32 product uses a small share of free memory
     (:func:`~.knn_cpu.cpu_block_size`); on a GPU the planner :func:`plan_device_block` sizes it to
     half the free memory (:func:`~.knn_gpu.device_block_size`).
     """
     if device.type == "cuda":
-        return device_block_size(num_samples, dim, k, device)
+        return device_block_size(num_samples, dim, k, device, product)
     return cpu_block_size(num_samples)
 
 
@@ -113,9 +118,10 @@ def exact_knn(
 
     ``device``: where the product runs; default = the input's CUDA device, else ``cuda`` when
     available, else CPU. ``track_farthest`` also returns each row's smallest similarity.
-    ``product`` (CPU): the arithmetic of the candidate search, ``float32`` or ``bf16``, with ``margin``
-    extra candidates (default 8, resp. k); the lists are exact either way (:func:`_exact_knn_cpu`).
-    ``auto`` = bf16 on CPUs with bf16 arithmetic, float32 otherwise and with ``track_farthest``.
+    ``product``: the arithmetic of the candidate search, ``float32`` or ``bf16``, with ``margin``
+    extra candidates (default 8 on the CPU's float32, k with bf16); the lists are exact either way
+    (:func:`_exact_knn_cpu`, :func:`_exact_knn_device_bf16`). ``auto`` = bf16 on a GPU and on CPUs with
+    bf16 arithmetic, float32 otherwise and with ``track_farthest``.
     ``features`` are checked here unless they come as :class:`UnitFeatures` (already checked).
     """
     checked = unit_features(features)
@@ -123,15 +129,22 @@ def exact_knn(
     if product not in ("auto", "float32", "bf16"):
         raise InvalidParameterError(f"product must be auto, float32 or bf16; received {product!r}")
     device = _resolve_device(checked, device)
-    unit = checked.tensor.to(device)
-    block = block_size or choose_block_size(unit.shape[0], device, dim=unit.shape[1], k=k)
-    if device.type != "cpu":
-        indices, sims, farthest = _exact_knn_device(unit, k, block, track_farthest)
-        return NeighborLists(indices, sims, "torch", farthest)
-    if product == "auto":
-        product = "bf16" if cpu_has_bf16() and not track_farthest else "float32"
+    if product == "auto":  # bf16 where the hardware runs it fast: every GPU (tensor cores), CPUs with bf16 units
+        product = "bf16" if (device.type != "cpu" or cpu_has_bf16()) and not track_farthest else "float32"
     if product == "bf16" and track_farthest:
         raise InvalidParameterError("track_farthest needs product='float32' (the bf16 product's minimum is approximate)")
+    unit = checked.tensor.to(device)
+    n = unit.shape[0]
+    kept = min(n, k + (k if margin is None else margin)) if product == "bf16" else k
+    if device.type != "cpu":
+        block = block_size or choose_block_size(n, device, dim=unit.shape[1], k=kept, product=product)
+        with float32_accumulation():
+            if product == "bf16":
+                indices, sims, rechecked = _exact_knn_device_bf16(unit, k, block, margin)
+                return NeighborLists(indices, sims, "torch", None, product, rechecked)
+            indices, sims, farthest = _exact_knn_device(unit, k, block, track_farthest)
+        return NeighborLists(indices, sims, "torch", farthest)
+    block = block_size or choose_block_size(n, device)
     indices, sims, farthest, rechecked = _exact_knn_cpu(unit, k, block, product=product, margin=margin,
                                                         track_farthest=track_farthest)
     return NeighborLists(indices, sims, "torch", farthest, product, rechecked)

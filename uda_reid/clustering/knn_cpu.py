@@ -20,6 +20,7 @@ import torch
 from numba import njit, prange
 
 from .knn_common import _INDEX_SENTINEL, _beats, _block_candidates, dot_rows
+from .knn_rounding import bf16_candidate_bound, float32_accumulation_bound
 
 
 def _available_memory_bytes() -> int:
@@ -176,17 +177,6 @@ def _blocked_heaps(product_rows: torch.Tensor, kk: int, block_size: int, track_f
     return heap_sim, heap_idx, threshold, min_sim
 
 
-# Rounding bounds of the candidate products (unit vectors, float32 accumulation over D terms).
-_BF16_HALF_ULP_BELOW_ONE = 2.0**-9  # bf16 output rounding of a value in [0.5, 1); 2^-8 in [1, 2)
-_FLOAT32_UNIT_ROUNDOFF = 2.0**-24
-
-
-def _accumulation_bound(dim: int) -> float:
-    """γ_D: |float32 sum of D products − exact| ≤ γ_D · Σ|x_d y_d| ≤ γ_D for unit vectors, any order."""
-    nu = dim * _FLOAT32_UNIT_ROUNDOFF
-    return nu / (1 - nu)
-
-
 @njit(cache=True, parallel=True)
 def _rescore(unit, candidates, sims):
     """``sims[i, a] = dot_rows(unit, i, candidates[i, a])``: the exact float32 similarity of every candidate."""
@@ -221,7 +211,7 @@ def _recheck_rows(unit: torch.Tensor, rows: np.ndarray, k: int, kk: int) -> tupl
     """Exact lists of ``rows`` whose candidate margin was too thin: float32 candidates of the full row,
     re-scored by ``dot_rows``; rows still undecided (ties within the float32 rounding) scan every sample."""
     unit_np = unit.numpy()
-    slack = 2 * _accumulation_bound(unit.shape[1])  # matmul and dot_rows each within γ_D of the exact value
+    slack = 2 * float32_accumulation_bound(unit.shape[1])  # matmul and dot_rows each within γ_D of the exact value
     out_idx = np.empty((len(rows), k), dtype=np.int64)
     out_sim = np.empty((len(rows), k), dtype=np.float32)
     for start in range(0, len(rows), 256):
@@ -275,15 +265,12 @@ def _exact_knn_cpu(
     farthest = min_sim if track_farthest else None
     if kk == n:  # every sample is a candidate: nothing was left out
         return heap_idx[:, :k].astype(np.int64), np.ascontiguousarray(sims[:, :k]), farthest, 0
-    gamma = _accumulation_bound(dim)
     if product == "bf16":
         residual = np.concatenate([(unit[s : s + 8192] - low[s : s + 8192].float()).double().norm(dim=1).numpy()
-                                   for s in range(0, n, 8192)]) * (1 + 1e-6)  # in chunks: no N×D temporaries
-        largest = residual.max()
-        output_rounding = np.where(floor < 0.99, _BF16_HALF_ULP_BELOW_ONE, 2 * _BF16_HALF_ULP_BELOW_ONE)
-        bound = residual + largest + residual * largest + gamma * (1 + residual) * (1 + largest) + output_rounding + gamma
+                                   for s in range(0, n, 8192)])  # in chunks: no N×D temporaries
+        bound = bf16_candidate_bound(residual, floor, dim)
     else:
-        bound = 2 * gamma * (1 + 1e-6)
+        bound = 2 * float32_accumulation_bound(dim) * (1 + 1e-6)
     uncertain = np.nonzero(~(floor.astype(np.float64) + bound < sims[:, k - 1]))[0]
     indices, similarities = heap_idx[:, :k].astype(np.int64), np.ascontiguousarray(sims[:, :k])
     if len(uncertain):
