@@ -10,9 +10,10 @@ Also ``udareid bench throughput`` in a source checkout. For each size and precis
   losses, backward, Adam, memory update), against a **bare** forward/backward of the same model on the
   same images (a sum of squares of the features as the loss, no memory, no optimiser);
 * **feature extraction**: ``models.features.extract_features`` over JPEG files written in a temporary
-  folder (decoding, resizing, normalising, the DataLoader), against a bare forward of the same images
-  already in memory, and against the **loader alone** (the same DataLoader with no model: the rate at
-  which this machine's CPUs could feed a GPU, to compare with a GPU's bare forward rate).
+  folder (decoding, resizing, the DataLoader, normalising on the device), against a bare forward of the
+  same images already in memory, and against the **loader alone** (the same DataLoader with no model:
+  the rate at which this machine's CPUs could feed a GPU, to compare with a GPU's bare forward rate),
+  also with the normalisation in the workers and float32 batches (the pipeline before the device half).
 
 Sizes: ``paper`` = the SpCL paper recipe (ResNet-50, 256×128; the per-domain batch is ``--paper-batch``,
 16 by default instead of the recipe's 64, to keep a CPU run short; the ratios barely depend on it),
@@ -32,11 +33,14 @@ import click
 import numpy as np
 import torch
 from PIL import Image
+from torch.utils.data import DataLoader
 
 from uda_reid.clustering.cluster import ClusterResult
 from uda_reid.config import apply_overrides, find_recipe, load_recipe
 from uda_reid.data.layouts import Sample
-from uda_reid.device import loader_workers, resolve_device
+from uda_reid.data.image_dataset import ImageDataset
+from uda_reid.data.transforms import build_test_transform
+from uda_reid.device import loader_options, loader_workers, resolve_device
 from uda_reid.engine.loop import apply_step, step_losses
 from uda_reid.engine.optim import build_optimizer
 from uda_reid.methods import AdaptContext, build_method
@@ -143,18 +147,26 @@ def _extraction_figures(size: str, precision: str, device: torch.device, count: 
         for start in range(0, count, config.data.eval_batch_size):
             model(tensors[start : start + config.data.eval_batch_size].to(device))
 
-    def loader_only() -> None:  # what the loader alone delivers: decode, resize, normalise, batch
+    def loader_only() -> None:  # what the loader alone delivers: decode, resize, uint8 pixels, batch
         for batch in eval_loader(samples, config.data, device):
+            batch["image"]["pixels"].to(device, non_blocking=True)
+
+    def loader_float() -> None:  # the same with the arithmetic in the workers (float32 batches, as before)
+        whole = ImageDataset(samples, build_test_transform(config.data))
+        for batch in DataLoader(whole, batch_size=config.data.eval_batch_size, **loader_options(config.data.workers, device)):
             batch["image"].to(device, non_blocking=True)
 
     extract_seconds = _timed(extraction, 2, warmup=1)
     bare_seconds = _timed(bare_forward, 2, warmup=1)
     loader_seconds = _timed(loader_only, 2, warmup=1)
+    float_seconds = _timed(loader_float, 2, warmup=1)
     return {
         "images": count, "batch": config.data.eval_batch_size, "workers": loader_workers(config.data.workers),
         "extract_images_per_s": round(count / extract_seconds, 1),
         "bare_images_per_s": round(count / bare_seconds, 1),
         "loader_only_images_per_s": round(count / loader_seconds, 1),
+        # normalising in the workers and moving float32 (4× the bytes): what the device half saves
+        "loader_float32_images_per_s": round(count / float_seconds, 1),
         "extract_vs_bare": round(bare_seconds / extract_seconds, 3),
         # above 1: this machine's loader could feed a model that forwards that many times faster
         "loader_vs_bare": round(bare_seconds / loader_seconds, 3),

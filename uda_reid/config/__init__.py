@@ -64,6 +64,7 @@ from .sections import (
     OptimConfig,
     PretrainConfig,
     RunConfig,
+    SpeedConfig,
     TrainConfig,
     section_types,
 )
@@ -72,7 +73,7 @@ __all__ = [
     "ASCENDING_PAIR", "AT_LEAST_ONE", "AUTO_NORMALIZATION", "PATCH", "DATASET_SPEC", "DATASET_SPECS", "FALSE_WORDS", "FRACTION", "NON_NEGATIVE",
     "NORMALIZATIONS", "NULL_WORDS", "POSITIVE", "PRECISIONS", "PROBABILITY", "RULE_KEY", "TRUE_WORDS",
     "UNIT_INTERVAL_OPEN", "UP_TO_ONE", "AdaptConfig", "ClusteringConfig", "DataConfig", "Limit", "ModelConfig",
-    "OptimConfig", "PretrainConfig", "Relation", "Rule", "RunConfig", "TrainConfig", "apply_overrides", "at_most",
+    "OptimConfig", "PretrainConfig", "Relation", "Rule", "RunConfig", "SpeedConfig", "TrainConfig", "apply_overrides", "at_most",
     "check_config", "check_section", "choices_of", "config_from_dict", "config_to_dict", "extends_target",
     "find_recipe", "load_recipe", "names_in", "options_of_function", "parse_free_value", "parse_set_options",
     "recipes_dir", "rule_of", "save_config", "section_types", "setting", "undeclared_keys", "update_dataclass",

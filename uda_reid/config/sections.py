@@ -101,6 +101,27 @@ class ModelConfig:
     )
 
 
+#: ``speed`` switches: ``auto`` = on a GPU, off on a CPU.
+AUTO_ON_OFF = ("auto", "on", "off")
+
+
+@dataclass
+class SpeedConfig:
+    """How the device runs the network (uda_reid.engine.device_speed). None of these changes what is
+    computed beyond float rounding (tested); a run may resume with other values."""
+
+    channels_last: str = setting("auto", choices=AUTO_ON_OFF,
+                                 help="convolutional backbones in channels-last (NHWC) layout, the one tensor cores "
+                                      "convolve fast (bf16 / fp16 above all)")
+    cudnn_benchmark: str = setting("auto", choices=AUTO_ON_OFF,
+                                   help="cuDNN times its convolution algorithms once per input size and keeps the "
+                                        "fastest (the training size is fixed)")
+    fused_optimizer: str = setting("auto", choices=AUTO_ON_OFF,
+                                   help="the optimiser step as one fused kernel (torch's fused Adam / AdamW / SGD)")
+    compile: bool = setting(False, help="torch.compile the network (in place: checkpoints keep their keys); the "
+                                        "first steps are slow while it compiles")
+
+
 @dataclass
 class OptimConfig:
     """Optimiser and learning-rate schedule (linear warm-up, then steps or a cosine decay)."""
@@ -308,6 +329,7 @@ class _RunFields:
     clustering: ClusteringConfig = field(default_factory=ClusteringConfig)
     adapt: AdaptConfig = field(default_factory=AdaptConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    speed: SpeedConfig = field(default_factory=SpeedConfig)
     method_options: dict[str, Any] = setting({}, options="method",
                                              help="the options of adapt.method, checked against its Options")
     relations: ClassVar[tuple[Relation, ...]] = tuple(

@@ -1,7 +1,14 @@
-"""Re-ID image transforms.
+"""Re-ID image transforms, in two halves: pixels on the CPU, arithmetic on the device.
 
 Training: resize, horizontal flip, pad + random crop, RandomErasing (filled with the normalisation
 mean, i.e. zero after normalising). No colour jitter: clothing colour is identity evidence.
+
+The DataLoader's workers run only what needs the image (decode, resize, flip, pad, crop) and draw the
+erasing rectangle, and hand over uint8 pixels (a quarter of float32's bytes to pin and copy);
+:class:`PixelFinish` turns a batch of them into normalised, erased float images on the device that
+trains, so a GPU is not kept waiting for CPU arithmetic. The result is bit for bit that of
+torchvision's ToTensor → Normalize → RandomErasing on the CPU, with the same random draws (tested).
+``build_train_transform`` / ``build_test_transform`` give whole images on the CPU (both halves).
 """
 
 from __future__ import annotations
@@ -10,6 +17,7 @@ from typing import Callable
 
 import torch
 from torchvision import transforms as T
+from torchvision.transforms import functional as TF
 
 from ..config import AUTO_NORMALIZATION, NORMALIZATIONS, DataConfig
 from ..errors import ConfigError
@@ -19,9 +27,10 @@ _INTERPOLATIONS = {
     "bilinear": T.InterpolationMode.BILINEAR,
     "nearest": T.InterpolationMode.NEAREST,
 }
+NO_ERASING = (-1, -1, -1, -1)  # the erasing rectangle of an image left whole
 
 
-def _normalize(name: str) -> T.Normalize:
+def _statistics(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
     if name == AUTO_NORMALIZATION:  # the run resolves it from its initial weights before building transforms
         raise ConfigError("data.normalization is auto: resolve it from the initial weights first "
                           "(uda_reid.models.normalization.with_resolved_normalization), or name the statistics")
@@ -29,7 +38,11 @@ def _normalize(name: str) -> T.Normalize:
         raise ConfigError(
             f"data.normalization: unknown preset {name!r}; known: {', '.join(NORMALIZATIONS)}"
         )
-    mean, std = NORMALIZATIONS[name]
+    return NORMALIZATIONS[name]
+
+
+def _normalize(name: str) -> T.Normalize:
+    mean, std = _statistics(name)
     return T.Normalize(mean=mean, std=std)
 
 
@@ -41,30 +54,99 @@ def _interpolation(name: str) -> T.InterpolationMode:
     return _INTERPOLATIONS[name]
 
 
-def build_train_transform(config: DataConfig) -> T.Compose:
-    """PIL image -> augmented, normalised 3×H×W tensor."""
+class PixelsForDevice:
+    """PIL image -> ``{"pixels": 3×H×W uint8, "erase": (top, left, height, width)}``: the CPU half.
+
+    The erasing rectangle is drawn here, in the worker, with torchvision's RandomErasing draws (same
+    random calls, same rectangle); :data:`NO_ERASING` when the image stays whole. Without erasing
+    (evaluation) only ``"pixels"``.
+    """
+
+    def __init__(self, erasing: T.RandomErasing | None = None) -> None:
+        self.erasing = erasing
+
+    def __call__(self, image) -> dict:
+        pixels = TF.pil_to_tensor(image)
+        if self.erasing is None:
+            return {"pixels": pixels}
+        box = NO_ERASING
+        if torch.rand(1) < self.erasing.p:
+            top, left, height, width, value = T.RandomErasing.get_params(
+                pixels, scale=self.erasing.scale, ratio=self.erasing.ratio, value=[0.0])
+            if value is not pixels:  # no rectangle fitted in its attempts: torchvision leaves the image whole
+                box = (top, left, height, width)
+        return {"pixels": pixels, "erase": torch.tensor(box, dtype=torch.int32)}
+
+
+class PixelFinish:
+    """uint8 pixels (a batch ``B×3×H×W`` or one image) -> normalised float32, erased: the device half.
+
+    The arithmetic of ToTensor (÷255) and Normalize (− mean, ÷ std), in that order and in float32, then
+    the erasing rectangles set to ``fill`` (0: the normalisation mean). Anything that is not a
+    ``{"pixels": ...}`` dict (pre-training's views, tensors made by hand) is only moved to the device.
+    """
+
+    def __init__(self, normalization: str, fill: float = 0.0) -> None:
+        mean, std = _statistics(normalization)
+        self.mean, self.std, self.fill = torch.tensor(mean), torch.tensor(std), fill
+
+    def __call__(self, images, device: torch.device | str = "cpu"):
+        if not (isinstance(images, dict) and "pixels" in images):
+            return images.to(device, non_blocking=True) if isinstance(images, torch.Tensor) else images
+        pixels = images["pixels"].to(device, non_blocking=True)
+        single = pixels.dim() == 3
+        batch = pixels.unsqueeze(0) if single else pixels
+        out = batch.float().div_(255)
+        out.sub_(self.mean.to(out.device).view(1, -1, 1, 1)).div_(self.std.to(out.device).view(1, -1, 1, 1))
+        if "erase" in images:
+            boxes = images["erase"].to(out.device, non_blocking=True).view(-1, 4).long()
+            top, left, height, width = (boxes[:, i].view(-1, 1, 1) for i in range(4))
+            rows = torch.arange(out.shape[2], device=out.device).view(1, -1, 1)
+            cols = torch.arange(out.shape[3], device=out.device).view(1, 1, -1)
+            inside = (rows >= top) & (rows < top + height) & (cols >= left) & (cols < left + width)
+            out.masked_fill_(inside.unsqueeze(1), self.fill)
+        return out[0] if single else out
+
+
+def finish_batch(batch: dict, finish: PixelFinish, device: torch.device) -> dict:
+    """``batch`` with its ``"image"`` finished on ``device`` (other entries as they are)."""
+    return {**batch, "image": finish(batch["image"], device)}
+
+
+def train_pixels(config: DataConfig) -> Callable:
+    """The CPU half of training: PIL image -> uint8 pixels + erasing rectangle (:class:`PixelsForDevice`)."""
     size = (config.height, config.width)
     steps: list = [T.Resize(size, interpolation=_interpolation(config.interpolation))]
     if config.flip_prob > 0:
         steps.append(T.RandomHorizontalFlip(p=config.flip_prob))
     if config.pad > 0:
         steps += [T.Pad(config.pad), T.RandomCrop(size)]
-    steps += [T.ToTensor(), _normalize(config.normalization)]
-    if config.random_erasing_prob > 0:
-        # value=0 after normalisation is the per-channel mean, as the reference code fills.
-        steps.append(T.RandomErasing(p=config.random_erasing_prob, value=0))
-    return T.Compose(steps)
+    _statistics(config.normalization)  # a bad preset is named when the transform is built, not in a worker
+    # value 0 after normalisation is the per-channel mean (the fill of PixelFinish)
+    erasing = T.RandomErasing(p=config.random_erasing_prob, value=0) if config.random_erasing_prob > 0 else None
+    return T.Compose([*steps, PixelsForDevice(erasing)])
 
 
-def build_test_transform(config: DataConfig) -> T.Compose:
-    """PIL image -> resized, normalised 3×H×W tensor (no augmentation)."""
-    return T.Compose(
-        [
-            T.Resize((config.height, config.width), interpolation=_interpolation(config.interpolation)),
-            T.ToTensor(),
-            _normalize(config.normalization),
-        ]
-    )
+def eval_pixels(config: DataConfig) -> Callable:
+    """The CPU half of evaluation: PIL image -> resized uint8 pixels."""
+    _statistics(config.normalization)
+    return T.Compose([T.Resize((config.height, config.width), interpolation=_interpolation(config.interpolation)),
+                      PixelsForDevice()])
+
+
+def pixel_finish(config: DataConfig) -> PixelFinish:
+    """The device half for ``config``'s normalisation."""
+    return PixelFinish(config.normalization)
+
+
+def build_train_transform(config: DataConfig) -> Callable:
+    """PIL image -> augmented, normalised 3×H×W float tensor on the CPU (both halves)."""
+    return T.Compose([train_pixels(config), pixel_finish(config)])
+
+
+def build_test_transform(config: DataConfig) -> Callable:
+    """PIL image -> resized, normalised 3×H×W float tensor on the CPU (no augmentation; both halves)."""
+    return T.Compose([eval_pixels(config), pixel_finish(config)])
 
 
 class RandomGaussianBlur:

@@ -41,7 +41,9 @@ from ..config import RunConfig, check_config, save_config
 from ..data.datasets import ReidDataset, Sample, load_dataset, options_for
 from ..data.image_dataset import ImageDataset, readable_dataset
 from ..data.samplers import batches_per_pass, build_batch_sampler, check_sampler_rule
-from ..device import loader_workers
+from ..data.transforms import finish_batch, pixel_finish
+from .device_speed import apply_speed, wanted
+from ..device import loader_options
 from ..distributed import (
     DistributedContext,
     bn_groups_per_process,
@@ -112,6 +114,7 @@ class TrainingLoop(EpochLabelling, RunCheckpoints):
         self.device = self.dist.device
         self.precision = resolve_precision(config.precision, self.device)  # what the device cannot do is named now
         check_config(config)  # every declared rule and relation, whoever built the config
+        self.finish = pixel_finish(config.data)  # the device half of the image transforms
         self.method: Method = (method or build_method)(config)  # options checked now
         self.method_name = type(self.method).registered_name or config.adapt.method
         section = self.method.settings_section
@@ -283,6 +286,9 @@ class TrainingLoop(EpochLabelling, RunCheckpoints):
             self._say(f"note: {section}.bn_groups / sync_bn act on BatchNorm only: in {config.model.arch} that is the "
                       f"convolution stem (if any) and the neck; LayerNorm normalises each token on its own")
         model.to(self.device)
+        switched = apply_speed(model, config.speed, self.device)
+        if switched:
+            self.log.info(f"device settings: {', '.join(switched)}")
         # DDP when there are several processes; ``network`` is the model inside (state, evaluation).
         model = dist.wrap_model(model, sync_bn=sync_bn, sync_bn_key=f"{section}.sync_bn")
         network = unwrap_model(model)
@@ -292,7 +298,7 @@ class TrainingLoop(EpochLabelling, RunCheckpoints):
             self.log.info(f"{dist.world_size} processes ({dist.backend}): each trains on "
                           f"{self.batch_size // dist.world_size} images of every batch of {self.batch_size}; "
                           f"BatchNorm statistics over {statistics}")
-        optimizer = build_optimizer(model, config.optim)
+        optimizer = build_optimizer(model, config.optim, fused=wanted(config.speed.fused_optimizer, self.device))
         # Group 1 holds the method's per-epoch heads (classifiers from centroids), empty between epochs.
         optimizer.add_param_group({"params": [], "name": "heads"})
         scheduler = build_scheduler(optimizer, config.optim, self.stage.epochs)
@@ -396,16 +402,14 @@ class TrainingLoop(EpochLabelling, RunCheckpoints):
         )
 
     def _loader(self, samples: list[Sample], sampler, labels=None, transform=None) -> DataLoader:
-        """This process's slices of the sampler's global batches. A new loader every epoch: its
-        workers are seeded from the main process's random state, which checkpoints keep, so a
-        resumed run draws the same augmentations (persistent workers would not)."""
+        """This process's slices of the sampler's global batches. A new loader every epoch
+        (:func:`~uda_reid.device.loader_options` says why)."""
         return DataLoader(
             ImageDataset(samples, transform or self.method.train_transform(), labels=labels),
             batch_size=self.batch_size // self.dist.world_size,
             sampler=sampler,
-            num_workers=loader_workers(self.config.data.workers),
             drop_last=True,
-            pin_memory=self.device.type == "cuda",
+            **loader_options(self.config.data.workers, self.device),
         )
 
     def _train_epoch(self, ctx: AdaptContext, optimizer, epoch: int, labels: np.ndarray) -> dict[str, float]:
@@ -428,9 +432,10 @@ class TrainingLoop(EpochLabelling, RunCheckpoints):
         bar = tqdm(loader, desc=f"{self.stage_name} epoch {epoch + 1}/{self.stage.epochs}", disable=not self.progress,
                    leave=False)
         for iteration, target_batch in enumerate(bar):
-            batch = {"target": {**target_batch, "label": target_batch["pid"]}}
+            # uint8 pixels become normalised, erased float32 on the device (data.transforms.PixelFinish)
+            batch = {"target": {**finish_batch(target_batch, self.finish, self.device), "label": target_batch["pid"]}}
             if source_loader is not None:
-                batch["source"] = next(source_loader)
+                batch["source"] = finish_batch(next(source_loader), self.finish, self.device)
             step, losses = step_losses(self.method, self.add_ons, ctx, batch)
             loss = sum(losses.values())
             # The global batch's figures: the mean over ranks of their slices' (equal-size) values.

@@ -179,10 +179,12 @@ class Method(abc.ABC):
                            image_size=(data.height, data.width))
 
     def train_transform(self) -> Any:
-        """Image -> what a training batch holds under ``image``."""
-        from ..data.transforms import build_train_transform
+        """Image -> what a training batch holds under ``image``: uint8 pixels and an erasing rectangle,
+        which the loop finishes on the device (normalise, erase: ``data.transforms.PixelFinish``)
+        before the step sees a float32 batch."""
+        from ..data.transforms import train_pixels
 
-        return build_train_transform(self.config.data)
+        return train_pixels(self.config.data)
 
     def evaluation_model(self, network: nn.Module) -> nn.Module:
         """The model whose features are evaluated (default: the trained network itself)."""

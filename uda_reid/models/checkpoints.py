@@ -18,7 +18,8 @@ VERSION = 1
 
 # Keys that may change between an interrupted run and its resumption without changing its result.
 _RESUMABLE_DIFFERENCES = {"device", "precision", "data.workers", "data.eval_batch_size", "train.epochs", "adapt.epochs",
-                          "pretrain.epochs"}
+                          "pretrain.epochs", "speed.channels_last", "speed.cudnn_benchmark", "speed.fused_optimizer",
+                          "speed.compile"}
 
 
 def save_checkpoint(path: str | Path, config: RunConfig, epoch: int, **state: Any) -> None:

@@ -18,10 +18,10 @@ from tqdm import tqdm
 from ..config import DataConfig
 from ..errors import ConfigError
 from ..fileio import atomic_path, atomic_write_text, remove_stale_temporaries
-from ..device import loader_workers
+from ..device import loader_options
 from ..data.datasets import Sample
 from ..data.image_dataset import ImageDataset
-from ..data.transforms import build_test_transform
+from ..data.transforms import eval_pixels, pixel_finish
 
 #: The columns of an ``.index.tsv``.
 INDEX_HEADER = ("row", "path", "pid", "camid")
@@ -31,13 +31,13 @@ if TYPE_CHECKING:
 
 
 def eval_loader(samples: Sequence[Sample], data_config: DataConfig, device: torch.device) -> DataLoader:
-    """Test-time transform, ``eval_batch_size`` batches, sample order kept."""
+    """Test-time transform, ``eval_batch_size`` batches, sample order kept. Batches hold uint8 pixels:
+    finish them on the device with ``data.transforms.pixel_finish(data_config)``."""
     return DataLoader(
-        ImageDataset(samples, build_test_transform(data_config)),
+        ImageDataset(samples, eval_pixels(data_config)),
         batch_size=data_config.eval_batch_size,
         shuffle=False,
-        num_workers=loader_workers(data_config.workers),
-        pin_memory=device.type == "cuda",
+        **loader_options(data_config.workers, device),
     )
 
 
@@ -81,11 +81,12 @@ def iter_feature_chunks(
     so a caller can write them out without holding all N×D (model in eval mode, restored after)."""
     device = device or next(model.parameters()).device
     loader = eval_loader(samples, data_config, device)
+    finish = pixel_finish(data_config)
     was_training = model.training
     model.eval()
     try:
         for batch in tqdm(loader, desc=desc, disable=not progress, leave=False):
-            yield model(batch["image"].to(device, non_blocking=True)).float().cpu()
+            yield model(finish(batch["image"], device)).float().cpu()
     finally:
         model.train(was_training)
 

@@ -9,6 +9,7 @@ from tqdm import tqdm
 
 from ..config import DataConfig
 from ..data.datasets import Sample
+from ..data.transforms import pixel_finish
 from .part_model import PartReidModel
 from .features import eval_loader
 
@@ -31,12 +32,13 @@ def extract_part_features(
     """
     device = device or next(model.parameters()).device
     loader = eval_loader(samples, data_config, device)
+    finish = pixel_finish(data_config)
     was_training = model.training
     model.eval()
     global_chunks, part_chunks = [], []
     try:
         for batch in tqdm(loader, desc=desc, disable=not progress, leave=False):
-            global_features, part_features = model.forward_all(batch["image"].to(device, non_blocking=True))
+            global_features, part_features = model.forward_all(finish(batch["image"], device))
             global_chunks.append(global_features.float().cpu())
             part_chunks.append(part_features.float().cpu())
     finally:
