@@ -37,6 +37,7 @@ from uda_reid.clustering.cluster import CLUSTERERS, make_clusterer
 from uda_reid.clustering.inputs import unit_features
 from uda_reid.clustering.jaccard import jaccard_from_neighbors, to_dense
 from uda_reid.clustering.knn import KNN_BACKENDS, knn_search, numba_threads, resolve_backend
+from uda_reid.device import resolve_device
 from uda_reid.errors import ConfigError, UdaReidError
 
 GIB = float(1 << 30)
@@ -196,6 +197,7 @@ def run_benchmark(
     generator: dict[str, Any] | None = None,
     product: str = "auto",
     compare_float32: bool = False,
+    device: str = "auto",
 ) -> dict[str, Any]:
     """Run the stage once on synthetic or loaded features and return the figures as a dict."""
     report: dict[str, Any] = {"load_average_at_start": _load_average()}
@@ -211,23 +213,24 @@ def run_benchmark(
     n, dim = unit.shape
     model = make_clusterer(clusterer)
     limit = (model.max_distance if max_distance == "auto" else max_distance) if not reference else None
-    backend = resolve_backend(knn, n, dim)
+    where = resolve_device(device)
+    backend = resolve_backend(knn, n, dim, where)
     report.update(
-        n=n, dim=dim, k1=k1, k2=k2, knn=knn, knn_backend=backend, clusterer=clusterer, seed=seed,
+        n=n, dim=dim, k1=k1, k2=k2, knn=knn, knn_backend=backend, clusterer=clusterer, seed=seed, device=str(where),
         max_distance=limit, threads={"torch": torch.get_num_threads(), "numba": numba_threads()},
     )
     # warm-up: numba kernels compile (or load from cache) outside the timed region
     warm, _ = synthetic_features(400, 16, seed=1)
     warm_k1 = min(k1, 100)
-    warm_lists = knn_search(warm, warm_k1, knn=backend).indices
+    warm_lists = knn_search(warm, warm_k1, knn=backend, device=where).indices
     jaccard_from_neighbors(warm, warm_lists, warm_k1, min(k2, warm_k1))
 
     knn_options = {"product": product} if backend == "torch" else {}
     if backend == "torch":  # the bf16 kernels warm up too
-        knn_search(warm, warm_k1, knn=backend, **knn_options)
+        knn_search(warm, warm_k1, knn=backend, device=where, **knn_options)
     peak_reset = _reset_peak_rss()
     start = time.perf_counter()
-    lists = knn_search(checked, k1, knn=backend, **knn_options)
+    lists = knn_search(checked, k1, knn=backend, device=where, **knn_options)
     knn_seconds = time.perf_counter() - start
     report["knn_product"] = lists.product
     report["rechecked_rows"] = lists.rechecked_rows  # bf16: rows whose candidate margin had to be widened
@@ -284,7 +287,7 @@ def run_benchmark(
         del dense, ours
     if compare_float32 and backend == "torch" and lists.product != "float32":
         start = time.perf_counter()
-        exact = knn_search(checked, k1, knn=backend, product="float32")
+        exact = knn_search(checked, k1, knn=backend, device=where, product="float32")
         exact_knn_seconds = time.perf_counter() - start
         start = time.perf_counter()
         exact_distance = jaccard_from_neighbors(checked, exact.indices, k1, k2, max_distance=limit)
@@ -295,6 +298,8 @@ def run_benchmark(
             "seconds": {"knn": round(exact_knn_seconds, 3), "jaccard": round(exact_jaccard_seconds, 3),
                         "knn_plus_jaccard": round(exact_knn_seconds + exact_jaccard_seconds, 3)},
             "identical_neighbor_lists": bool(np.array_equal(exact.indices, lists.indices)),
+            # on a GPU the two rank by different float32 sums: neighbours within a last bit may swap
+            "differing_list_entries": int((exact.indices != lists.indices).sum()),
             "identical_labels": bool(np.array_equal(exact_labels, labels)),
             "speedup_knn_plus_jaccard": round((exact_knn_seconds + exact_jaccard_seconds) / (knn_seconds + jaccard_seconds), 3),
         }
@@ -335,11 +340,12 @@ def _max_distance_option(value: str) -> Any:
 @click.option("--product", type=click.Choice(["auto", "float32", "bf16"]), default="auto", show_default=True,
               help="Arithmetic of the exact kNN's candidate search (bf16: re-scored and certified in float32).")
 @click.option("--compare-float32", is_flag=True, help="Also run kNN + Jaccard + clustering with the float32 product: time, identical lists and labels.")
+@click.option("--device", default="auto", show_default=True, help="Where the exact kNN runs: auto (cuda when available), cpu, cuda or cuda:N.")
 @click.option("--json", "as_json", is_flag=True, help="Print only the JSON object.")
 @click.option("--output", type=click.Path(dir_okay=False, path_type=Path), help="Also write the JSON to this file.")
 def clustering_bench(
     n, dim, k1, k2, knn, clusterer, seed, features_path, max_distance, reference, floor, products, recall_sample,
-    samples_per_identity, noise, spectrum_decay, product, compare_float32, as_json, output,
+    samples_per_identity, noise, spectrum_decay, product, compare_float32, device, as_json, output,
 ):
     """Time the clustering stage (kNN, Jaccard, clustering) and print the figures as JSON."""
     if n < 2 or dim < 1:
@@ -349,7 +355,7 @@ def clustering_bench(
         max_distance=_max_distance_option(max_distance), reference=reference, floor=floor, products=products,
         recall_sample=recall_sample,
         generator={"samples_per_identity": samples_per_identity, "noise": noise, "spectrum_decay": spectrum_decay},
-        product=product, compare_float32=compare_float32,
+        product=product, compare_float32=compare_float32, device=device,
     )
     text = json.dumps(report, indent=None if as_json else 2)
     if output is not None:

@@ -39,7 +39,8 @@ from uda_reid.clustering.cluster import ClusterResult
 from uda_reid.config import apply_overrides, find_recipe, load_recipe
 from uda_reid.data.layouts import Sample
 from uda_reid.data.image_dataset import ImageDataset
-from uda_reid.data.transforms import build_test_transform
+from uda_reid.data.transforms import build_test_transform, finish_batch, pixel_finish
+from uda_reid.engine.device_speed import apply_speed, wanted
 from uda_reid.device import loader_options, loader_workers, resolve_device
 from uda_reid.engine.loop import apply_step, step_losses
 from uda_reid.engine.optim import build_optimizer
@@ -56,14 +57,21 @@ SIZES = {
 }
 
 
+def _sync() -> None:
+    if torch.cuda.is_available():  # a GPU runs kernels asynchronously: time their completion
+        torch.cuda.synchronize()
+
+
 def _timed(function, steps: int, warmup: int) -> float:
-    """Seconds per call, median of ``steps`` after ``warmup`` calls."""
+    """Seconds per call, median of ``steps`` after ``warmup`` calls (the GPU's work finished in each)."""
     for _ in range(warmup):
         function()
+    _sync()
     times = []
     for _ in range(steps):
         started = time.perf_counter()
         function()
+        _sync()
         times.append(time.perf_counter() - started)
     return float(np.median(times))
 
@@ -79,6 +87,7 @@ def _setup(size: str, precision: str, device: torch.device, paper_batch: int):
     model, _ = build_model(config.model, compute_dtype=resolved.dtype)
     model = method.prepare_model(model)
     model.to(device).train()
+    apply_speed(model, config.speed, device)  # as the loop does: channels-last, cudnn.benchmark on a GPU
     targets = [Sample(f"t{i}.jpg", -1, i % 6) for i in range(target_images)]
     sources = [Sample(f"s{i}.jpg", i % source_classes, i % 6) for i in range(source_classes * 4)]
     ctx = AdaptContext(config=config, model=model, device=device, target_samples=targets, source_samples=sources,
@@ -96,22 +105,29 @@ def _step_figures(size: str, precision: str, device: torch.device, steps: int, p
     config, resolved, method, model, ctx = _setup(size, precision, device, paper_batch)
     batch_size, height, width = config.data.batch_size, config.data.height, config.data.width
     generator = torch.Generator().manual_seed(0)
-    images = {d: torch.randn(batch_size, 3, height, width, generator=generator) for d in ("source", "target")}
-    batch = {
-        "source": {"image": images["source"], "pid": torch.randint(0, ctx.num_source_classes, (batch_size,))},
-        "target": {"image": images["target"], "index": torch.randperm(len(ctx.target_samples))[:batch_size]},
-    }
-    optimizer = build_optimizer(model, config.optim)
+    # what the loader hands the loop: uint8 pixels (pinned for a GPU) and erasing rectangles
+    pixels = {}
+    for domain in ("source", "target"):
+        values = torch.randint(0, 256, (batch_size, 3, height, width), dtype=torch.uint8, generator=generator)
+        boxes = torch.tensor([[2, 1, height // 3, width // 3]] * batch_size, dtype=torch.int32)
+        pixels[domain] = {"pixels": values.pin_memory() if device.type == "cuda" else values, "erase": boxes}
+    extra = {"source": {"pid": torch.randint(0, ctx.num_source_classes, (batch_size,))},
+             "target": {"index": torch.randperm(len(ctx.target_samples))[:batch_size]}}
+    finish = pixel_finish(config.data)
+    optimizer = build_optimizer(model, config.optim, fused=wanted(config.speed.fused_optimizer, device))
     optimizer.add_param_group({"params": [], "name": "heads"})
     scaler = resolved.grad_scaler()
 
-    def adaptation_step() -> None:
+    def adaptation_step() -> None:  # the loop's step: the device half of the transforms, losses, update
+        batch = {d: {**finish_batch({"image": pixels[d]}, finish, device), **extra[d]} for d in pixels}
         _, losses = step_losses(method, [], ctx, batch)
         apply_step(method, [], ctx, sum(losses.values()), optimizer, scaler)
 
-    def bare_step() -> None:
+    on_device = {d: finish(pixels[d], device) for d in pixels}
+
+    def bare_step() -> None:  # the network alone, on images already on the device
         model.zero_grad(set_to_none=True)
-        loss = sum(model(images[d].to(device)).features.square().mean() for d in ("source", "target"))
+        loss = sum(model(on_device[d]).features.square().mean() for d in ("source", "target"))
         loss.backward()
 
     step_seconds = _timed(adaptation_step, steps, warmup=1)

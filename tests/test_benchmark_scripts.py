@@ -1,6 +1,7 @@
 """The benchmark scripts run end to end on tiny sizes and print the JSON figures they promise."""
 
 import json
+from pathlib import Path
 
 from click.testing import CliRunner
 
@@ -20,6 +21,7 @@ def test_throughput_benchmark_reports_both_precisions_against_bare_passes():
         assert figures["extraction"]["images"] == 8 and figures["extraction"]["extract_vs_bare"] > 0
         extraction = figures["extraction"]
         assert extraction["loader_only_images_per_s"] > 0 and extraction["loader_vs_bare"] > 0
+        assert extraction["loader_float32_images_per_s"] > 0
     assert synthetic["bf16"]["step_speedup_vs_fp32"] > 0
     assert "step_speedup_vs_fp32" not in synthetic["fp32"]
 
@@ -63,3 +65,57 @@ def test_recipe_cost_counts_the_recipes_images_and_scales_the_reference_time(mon
     assert report["memory_GiB"]["activations_batch_256"] == 0.2  # 1 MiB an image
     # SGD: weights, gradients and momentum
     assert report["memory_GiB"]["weights_grads_optimiser"] == round(10e6 * 4 * 3 / 2**30, 2)
+
+
+def test_the_gpu_check_writes_at_most_eight_files_and_judges_the_targets(tmp_path, monkeypatch):
+    """The check's plumbing on a CPU, its stages replaced by canned outputs: the files it promises, within
+    the device tool's eight, each target judged against the figures (or None when not measured)."""
+    import gpu_check
+
+    throughput = {"sizes": {"paper": {"bf16": {"step": {"step_images_per_s": 5200.0}, "step_speedup_vs_fp32": 1.5,
+                                               "extraction": {"extract_images_per_s": 8000.0, "extract_vs_bare": 0.93}}}}}
+    canned = {"training_throughput.py": json.dumps(throughput),
+              "clustering_stage.py": "N=... figures\n" + json.dumps({"seconds": {"knn_plus_jaccard": 12.5}})}
+
+    def fake_run(command, timeout_s, cwd=None, env=None):
+        assert timeout_s >= 1
+        if "pytest" in command:
+            return {"status": 0, "seconds": 1.0, "stdout": "1 passed", "stderr": ""}
+        if "adapt" in command:
+            run = Path(command[command.index("--out") + 1])
+            run.mkdir(parents=True)
+            (run / "summary.json").write_text(json.dumps({"last": {"mAP": 30.0}}))
+            return {"status": 0, "seconds": 55.0, "stdout": "", "stderr": ""}
+        script = next(name for name in canned if any(part.endswith(name) for part in command))
+        return {"status": 0, "seconds": 2.0, "stdout": canned[script], "stderr": ""}
+
+    monkeypatch.setattr(gpu_check, "_run", fake_run)
+    out = tmp_path / "check"
+    result = CliRunner().invoke(gpu_check.main, [str(out), "--budget-s", "530"])
+    assert result.exit_code == 0, result.output
+    written = {path.name for path in out.iterdir()}
+    assert written <= gpu_check.OUTPUT_FILES and len(gpu_check.OUTPUT_FILES) <= 8
+    assert {"main_job.json", "throughput.json", "summary.json", "tests.log"} <= written
+    verdicts = {v["figure"]: v["met"] for v in json.loads((out / "summary.json").read_text())["targets"]}
+    assert verdicts["throughput.json:sizes.paper.bf16.step.step_images_per_s"] is True
+    assert verdicts["throughput.json:sizes.paper.bf16.step_speedup_vs_fp32"] is False
+    assert verdicts["clustering_1000000x256.json:seconds.knn_plus_jaccard"] is False
+    assert verdicts["main_job.json:seconds"] is True
+    assert verdicts["clustering_32621x2048.json:float32_product.differing_list_entries"] is None  # not measured
+
+
+def test_the_gpu_check_plan_fits_its_budget_and_gives_the_tests_at_most_five_minutes():
+    import gpu_check
+
+    for budget in (60, 530, 2000):
+        plan = gpu_check.stage_plan(budget, with_tests=True)
+        assert sum(plan.values()) <= budget and plan["tests"] <= 300
+
+
+def test_the_gpu_check_refuses_a_folder_with_other_files(tmp_path):
+    import gpu_check
+
+    (tmp_path / "notes.txt").write_text("mine")
+    result = CliRunner().invoke(gpu_check.main, [str(tmp_path)])
+    assert result.exit_code != 0 and "holds other files" in result.output
+    assert (tmp_path / "notes.txt").read_text() == "mine"

@@ -48,9 +48,10 @@ def test_benchmark_rejects_bad_max_distance(capsys):
 
 
 def test_benchmark_compares_the_bf16_product_with_float32_on_lists_and_labels(capsys):
-    code = main(["--n", "1200", "--dim", "64", "--product", "bf16", "--compare-float32", "--json"])
+    code = main(["--n", "1200", "--dim", "64", "--product", "bf16", "--compare-float32", "--json", "--device", "cpu"])
     assert code == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["knn_product"] == "bf16" and 0 <= printed["rechecked_rows"] <= 1200
     assert printed["float32_product"]["identical_neighbor_lists"] is True
     assert printed["float32_product"]["identical_labels"] is True
+    assert printed["float32_product"]["differing_list_entries"] == 0 and printed["device"] == "cpu"

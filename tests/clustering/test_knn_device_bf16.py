@@ -113,3 +113,28 @@ def test_on_a_gpu_exact_knn_gives_the_cpu_lists(product):
     # the GPU's float32 sums may order two neighbours within a last bit the other way, nothing more
     assert (on_gpu.indices != cpu.indices).mean() < 1e-4
     np.testing.assert_allclose(on_gpu.similarities, cpu.similarities, atol=2e-6)
+
+
+def test_a_runs_device_reaches_the_exact_knn_even_with_a_gpu_present(monkeypatch):
+    """``--device cpu`` keeps the clustering on the CPU: cluster_stage hands the run's device to the kNN,
+    and ``auto`` decides by that device, not by whether the machine has a GPU."""
+    import uda_reid.clustering.knn as knn_module
+    from uda_reid.clustering import cluster_stage
+    from uda_reid.clustering.knn import EXACT_MAX_MULTIPLY_ADDS, resolve_backend
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    big = int((2 * EXACT_MAX_MULTIPLY_ADDS / 256) ** 0.5) + 1
+    assert resolve_backend("auto", big, 256) == "torch"  # a GPU somewhere: exact
+    assert resolve_backend("auto", big, 256, "cpu") == "faiss-ivf"  # the run's CPU decides
+    assert resolve_backend("auto", big, 256, "cuda") == "torch"
+    seen = []
+    real = knn_module.KNN_BACKENDS.get("torch")
+
+    def spy(features, k, **options):
+        seen.append(options.get("device"))
+        return real(features, k, **{**options, "device": "cpu"})
+
+    monkeypatch.setattr(knn_module.KNN_BACKENDS, "get", lambda name: spy)
+    features, _ = clustered_features(n=200, seed=1)
+    cluster_stage(features, k1=10, k2=3, clusterer_options={"eps": 0.5, "min_samples": 2}, device=torch.device("cpu"))
+    assert seen == [torch.device("cpu")]

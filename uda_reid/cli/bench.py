@@ -18,6 +18,7 @@ SCRIPTS = {
     "synthetic": ("synthetic_uda", "main", "every method on synthx -> synthm over seeds: mAP against direct transfer"),
     "pretraining": ("pretraining", "main", "random weights against MoCo / UP-ReID / DINO backbones, USL on synthm"),
     "recipe-cost": ("recipe_cost", "main", "a recipe's FLOPs, memory and images, with an estimated time on one GPU"),
+    "gpu-check": ("gpu_check", "main", "the GPU check: main job, paper-size throughput, million-image clustering, tests"),
 }
 
 

@@ -80,6 +80,7 @@ def cross_agreement(
     k: int = 20,
     *,
     knn: str = "auto",
+    device: torch.device | str | None = None,
 ) -> np.ndarray:
     """Cross-agreement scores ``N×P`` (float32, in [0, 1]) of every image with every part.
 
@@ -98,7 +99,7 @@ def cross_agreement(
     parts = _part_feature_list(part_features, global_lists.shape[0])
     scores = np.empty((global_lists.shape[0], len(parts)), dtype=np.float32)
     for number, part in enumerate(parts):
-        part_lists = knn_search(part, k + 1, knn=knn).indices
+        part_lists = knn_search(part, k + 1, knn=knn, device=device).indices
         part_lists = neighbors_without_self(part_lists, k, name=f"part {number} neighbour lists")
         scores[:, number] = _overlap_scores(global_lists, part_lists)
     return scores

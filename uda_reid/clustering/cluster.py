@@ -21,6 +21,7 @@ import faiss
 import hdbscan
 import numpy as np
 import scipy.sparse as sp
+import torch
 from hdbscan._hdbscan_linkage import label as single_linkage_label
 from hdbscan.hdbscan_ import (
     _tree_to_labels,  # the package's labelling of a spanning tree
@@ -383,6 +384,7 @@ def cluster_stage(
     k2: int = 6,
     knn: str = "auto",
     max_distance: float | str | None = _AUTO,
+    device: torch.device | str | None = None,
 ) -> ClusterResult:
     """kNN → k-reciprocal Jaccard distance → clusterer on N×D features (numpy or torch; not modified).
 
@@ -390,6 +392,7 @@ def cluster_stage(
     HDBSCAN); pass a number to keep more (e.g. 0.62 for SpCL's loose-eps reliability pass on
     ``result.distance``) or None for all. Feature clusterers (K-means) skip the distance steps.
     The features are checked and L2-normalised once, here; every step takes the result as it is.
+    ``device``: where the exact kNN runs (the run's device; None: a GPU when there is one).
     """
     model = make_clusterer(clusterer, clusterer_options)
     timings: dict[str, float] = {}
@@ -404,7 +407,7 @@ def cluster_stage(
         limit = model.max_distance if max_distance == _AUTO else max_distance
         check_jaccard_parameters(unit.shape[0], k1, k2, limit)  # before the kNN, to name k1/k2
         start = time.perf_counter()
-        lists = knn_search(unit, k1, knn=knn)
+        lists = knn_search(unit, k1, knn=knn, device=device)
         timings["knn"] = time.perf_counter() - start
         start = time.perf_counter()
         distance = jaccard_from_neighbors(unit, lists.indices, k1, k2, max_distance=limit)

@@ -150,13 +150,15 @@ def exact_knn(
     return NeighborLists(indices, sims, "torch", farthest, product, rechecked)
 
 
-def resolve_backend(knn: str, num_samples: int, dim: int) -> str:
-    """Name of the backend ``knn`` stands for (``auto`` decided by the cost of the exact product)."""
+def resolve_backend(knn: str, num_samples: int, dim: int, device: torch.device | str | None = None) -> str:
+    """Name of the backend ``knn`` stands for (``auto`` decided by the cost of the exact product, and
+    whether it runs on a GPU: ``device``, or any GPU when None)."""
     if knn != "auto":
         KNN_BACKENDS.get(knn)  # unknown names raise UnknownNameError listing the known ones
         return knn
     exact_cost = num_samples * num_samples * dim / 2
-    if exact_cost <= EXACT_MAX_MULTIPLY_ADDS or torch.cuda.is_available():
+    on_gpu = torch.cuda.is_available() if device is None else torch.device(device).type == "cuda"
+    if exact_cost <= EXACT_MAX_MULTIPLY_ADDS or on_gpu:
         return "torch"
     try:
         import faiss  # noqa: F401
@@ -166,16 +168,22 @@ def resolve_backend(knn: str, num_samples: int, dim: int) -> str:
 
 
 def knn_search(
-    features: FeatureArray | UnitFeatures, k: int, *, knn: str = "auto", **options
+    features: FeatureArray | UnitFeatures, k: int, *, knn: str = "auto", device: torch.device | str | None = None,
+    **options,
 ) -> NeighborLists:
     """Self-kNN with the backend named by ``knn`` (see module docstring); ``options`` go to it.
+
+    ``device``: where the exact ``torch`` backend runs (a run's own device, so ``--device cpu`` keeps
+    the clustering off a GPU too); None: its default. The faiss backends place themselves.
 
     ``features`` are checked and L2-normalised here (unless they come as :class:`UnitFeatures`) and
     reach the backend as :class:`UnitFeatures`, so it does not check them again.
     """
     if not isinstance(features, (np.ndarray, torch.Tensor, UnitFeatures)) or len(features.shape) != 2:
         unit_features(features)  # raises the descriptive error
-    name = resolve_backend(knn, int(features.shape[0]), int(features.shape[1]))
+    name = resolve_backend(knn, int(features.shape[0]), int(features.shape[1]), device)
+    if name == "torch" and device is not None:
+        options["device"] = device
     return KNN_BACKENDS.get(name)(unit_features(features), k, **options)
 
 

@@ -96,7 +96,8 @@ class PixelFinish:
         pixels = images["pixels"].to(device, non_blocking=True)
         single = pixels.dim() == 3
         batch = pixels.unsqueeze(0) if single else pixels
-        out = batch.float().div_(255)
+        # a tensor divisor: with a Python number CUDA multiplies by 1/255 instead, a last bit off
+        out = batch.float().div_(torch.full((), 255.0, device=batch.device))
         out.sub_(self.mean.to(out.device).view(1, -1, 1, 1)).div_(self.std.to(out.device).view(1, -1, 1, 1))
         if "erase" in images:
             boxes = images["erase"].to(out.device, non_blocking=True).view(-1, 4).long()

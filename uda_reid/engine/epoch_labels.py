@@ -87,6 +87,7 @@ class EpochLabelling:
             k2=config.clustering.k2,
             knn=config.clustering.knn,
             max_distance=self.method.cluster_max_distance(),
+            device=self.device,  # --device cpu keeps the clustering off a GPU too
         )
         row.update(clusters=result.num_clusters, outliers=result.num_outliers,
                    cluster_seconds=round(sum(result.timings.values()), 3))

@@ -69,8 +69,9 @@ class PPLR(Method):
         k = self.options.agreement_k
         neighbors = result.neighbors
         if neighbors is None or neighbors.indices.shape[1] < k + 1:  # K-means, or k1 <= k
-            neighbors = knn_search(features, k + 1, knn=self.config.clustering.knn)
-        agreement = cross_agreement(neighbors.indices, self.part_features, k, knn=self.config.clustering.knn)
+            neighbors = knn_search(features, k + 1, knn=self.config.clustering.knn, device=ctx.device)
+        agreement = cross_agreement(neighbors.indices, self.part_features, k, knn=self.config.clustering.knn,
+                                    device=ctx.device)
         self.agreement = torch.from_numpy(agreement).to(ctx.device)
         labels = result.labels
         self._model = _part_model(ctx.unwrapped_model)
