@@ -43,13 +43,16 @@ def test_readable_samples_skips_with_one_warning(images):
     assert kept == images[:1]
 
 
-def test_train_transform_keeps_colours_and_erases_with_the_mean():
-    config = DataConfig(height=16, width=8, normalization="imagenet", pad=0, flip_prob=0, random_erasing_prob=1.0)
+@pytest.mark.parametrize(("erasing", "fill"), [("torchvision", (0.0, 0.0, 0.0)), ("reference", (0.485, 0.456, 0.406))])
+def test_train_transform_keeps_colours_and_erases_with_its_fill(erasing, fill):
+    config = DataConfig(height=16, width=8, normalization="imagenet", pad=0, flip_prob=0, random_erasing_prob=1.0,
+                        erasing=erasing)
     image = Image.fromarray(np.full((16, 8, 3), (255, 0, 0), np.uint8))
     out = build_train_transform(config)(image)
     test_out = build_test_transform(config)(image)
-    # Erased pixels are 0 (the normalisation mean); every other pixel is the unjittered colour.
-    erased = (out == 0).all(dim=0)
+    # Erased pixels hold the fill (torchvision: 0, the normalisation mean; the reference: its three
+    # numbers in normalised space); every other pixel is the unjittered colour.
+    erased = (out == torch.tensor(fill).view(3, 1, 1)).all(dim=0)
     assert erased.any() and not erased.all()
     torch.testing.assert_close(out[:, ~erased], test_out[:, ~erased])
 

@@ -242,7 +242,9 @@ def _jaccard_chunk(rows, indptr, indices, values, col_ptr, col_rows, col_values,
                     d = 0.0
                 if j == i and zero_diagonal:
                     d = 0.0
-                elif d > max_distance:
+                elif np.float64(np.float32(d)) > max_distance:
+                    # the stored float32 value decides, the one a clusterer compares with its eps:
+                    # a distance just above eps in float64 that rounds onto it is kept, as DBSCAN counts it
                     continue
                 out_indices[slot + kept] = j
                 out_values[slot + kept] = d

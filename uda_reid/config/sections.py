@@ -50,6 +50,10 @@ PATCH = 16
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 
 
+def _one_per_channel(value: list[float]) -> bool:
+    return len(value) == 3
+
+
 @dataclass
 class DataConfig:
     """Images, augmentation and batching."""
@@ -64,6 +68,18 @@ class DataConfig:
     flip_prob: float = setting(0.5, limit=PROBABILITY)
     pad: int = setting(10, limit=NON_NEGATIVE)
     random_erasing_prob: float = setting(0.5, limit=PROBABILITY)
+    erasing: str = setting(
+        "reference", choices=("reference", "torchvision"),
+        help="reference: Zhong et al.'s RandomErasing as SpCL, cluster-contrast, PPLR and CAP apply it (the erasing_* "
+             "keys); torchvision: transforms.RandomErasing(value=0), area 2-33 %, log-uniform aspect, 10 attempts")
+    erasing_area: list[float] = setting([0.02, 0.4], check=_ascending_pair, expects=ASCENDING_PAIR, limit=UP_TO_ONE,
+                                        help="reference: the erased share of the image, uniform in [low, high]")
+    erasing_min_aspect: float = setting(0.3, limit=UP_TO_ONE,
+                                        help="reference: height/width uniform in [this, 1/this]")
+    erasing_fill: list[float] = setting([0.485, 0.456, 0.406], check=_one_per_channel, expects="three numbers (R, G, B)",
+                                        help="reference: per channel, the value the erased pixels get after normalising")
+    erasing_attempts: int = setting(100, limit=AT_LEAST_ONE,
+                                    help="reference: rectangles drawn until one fits inside the image")
     num_instances: int = setting(4, limit=AT_LEAST_ONE, help="K of a P×K batch")
     batch_size: int = setting(64, limit=AT_LEAST_ONE, help="P·K")
     eval_batch_size: int = setting(128, limit=AT_LEAST_ONE)

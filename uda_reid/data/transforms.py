@@ -1,18 +1,20 @@
 """Re-ID image transforms, in two halves: pixels on the CPU, arithmetic on the device.
 
-Training: resize, horizontal flip, pad + random crop, RandomErasing (filled with the normalisation
-mean, i.e. zero after normalising). No colour jitter: clothing colour is identity evidence.
+Training: resize, horizontal flip, pad + random crop, random erasing (``data.erasing``: the reference
+code's by default, torchvision's by name). No colour jitter: clothing colour is identity evidence.
 
 The DataLoader's workers run only what needs the image (decode, resize, flip, pad, crop) and draw the
 erasing rectangle, and hand over uint8 pixels (a quarter of float32's bytes to pin and copy);
 :class:`PixelFinish` turns a batch of them into normalised, erased float images on the device that
 trains, so a GPU is not kept waiting for CPU arithmetic. The result is bit for bit that of
-torchvision's ToTensor → Normalize → RandomErasing on the CPU, with the same random draws (tested).
+ToTensor → Normalize → the erasing on the CPU, with the same random draws (tested).
 ``build_train_transform`` / ``build_test_transform`` give whole images on the CPU (both halves).
 """
 
 from __future__ import annotations
 
+import math
+import random
 from typing import Callable
 
 import torch
@@ -54,27 +56,65 @@ def _interpolation(name: str) -> T.InterpolationMode:
     return _INTERPOLATIONS[name]
 
 
+class ReferenceErasing:
+    """Random erasing as Zhong et al. wrote it and SpCL, cluster-contrast, PPLR and CAP use it (their
+    ``RandomErasing(probability=0.5, sl=0.02, sh=0.4, r1=0.3, mean=[0.485, 0.456, 0.406])`` after
+    Normalize, docs/methods.md §6): with probability ``p``, up to ``attempts`` rectangles are drawn,
+    area uniform in ``area`` × the image's, height/width uniform in [min_aspect, 1/min_aspect], until
+    one fits strictly inside; its pixels get ``fill`` per channel in normalised space (the fill is
+    :class:`PixelFinish`'s). Python's ``random`` draws, as the reference: the DataLoader seeds it in
+    every worker from the main process's torch generator, so a resumed run draws the same rectangles.
+    """
+
+    def __init__(self, p: float, area: tuple[float, float] = (0.02, 0.4), min_aspect: float = 0.3,
+                 attempts: int = 100) -> None:
+        self.p, self.area, self.min_aspect, self.attempts = p, tuple(area), min_aspect, attempts
+
+    def rectangle(self, pixels: torch.Tensor) -> tuple[int, int, int, int] | None:
+        """(top, left, height, width) of the rectangle to erase in ``pixels`` (C×H×W), or None."""
+        if random.uniform(0, 1) >= self.p:
+            return None
+        height, width = pixels.shape[-2:]
+        for _ in range(self.attempts):
+            target = random.uniform(*self.area) * height * width
+            aspect = random.uniform(self.min_aspect, 1 / self.min_aspect)
+            h, w = int(round(math.sqrt(target * aspect))), int(round(math.sqrt(target / aspect)))
+            if w < width and h < height:
+                return random.randint(0, height - h), random.randint(0, width - w), h, w
+        return None
+
+
+class TorchvisionErasing:
+    """torchvision's ``RandomErasing(p, value=0)``: the same random calls, so the same rectangles
+    (area 2-33 %, log-uniform aspect in [0.3, 3.3], 10 attempts); zero fill = the normalisation mean."""
+
+    def __init__(self, p: float) -> None:
+        self.transform = T.RandomErasing(p=p, value=0)
+
+    def rectangle(self, pixels: torch.Tensor) -> tuple[int, int, int, int] | None:
+        if torch.rand(1) >= self.transform.p:
+            return None
+        top, left, height, width, value = T.RandomErasing.get_params(
+            pixels, scale=self.transform.scale, ratio=self.transform.ratio, value=[0.0])
+        return None if value is pixels else (top, left, height, width)  # pixels: no rectangle fitted
+
+
 class PixelsForDevice:
     """PIL image -> ``{"pixels": 3×H×W uint8, "erase": (top, left, height, width)}``: the CPU half.
 
-    The erasing rectangle is drawn here, in the worker, with torchvision's RandomErasing draws (same
-    random calls, same rectangle); :data:`NO_ERASING` when the image stays whole. Without erasing
+    The erasing rectangle is drawn here, in the worker (:class:`ReferenceErasing` or
+    :class:`TorchvisionErasing`); :data:`NO_ERASING` when the image stays whole. Without erasing
     (evaluation) only ``"pixels"``.
     """
 
-    def __init__(self, erasing: T.RandomErasing | None = None) -> None:
+    def __init__(self, erasing: ReferenceErasing | TorchvisionErasing | None = None) -> None:
         self.erasing = erasing
 
     def __call__(self, image) -> dict:
         pixels = TF.pil_to_tensor(image)
         if self.erasing is None:
             return {"pixels": pixels}
-        box = NO_ERASING
-        if torch.rand(1) < self.erasing.p:
-            top, left, height, width, value = T.RandomErasing.get_params(
-                pixels, scale=self.erasing.scale, ratio=self.erasing.ratio, value=[0.0])
-            if value is not pixels:  # no rectangle fitted in its attempts: torchvision leaves the image whole
-                box = (top, left, height, width)
+        box = self.erasing.rectangle(pixels) or NO_ERASING
         return {"pixels": pixels, "erase": torch.tensor(box, dtype=torch.int32)}
 
 
@@ -86,9 +126,10 @@ class PixelFinish:
     ``{"pixels": ...}`` dict (pre-training's views, tensors made by hand) is only moved to the device.
     """
 
-    def __init__(self, normalization: str, fill: float = 0.0) -> None:
+    def __init__(self, normalization: str, fill: tuple[float, float, float] | float = 0.0) -> None:
         mean, std = _statistics(normalization)
-        self.mean, self.std, self.fill = torch.tensor(mean), torch.tensor(std), fill
+        self.mean, self.std = torch.tensor(mean), torch.tensor(std)
+        self.fill = torch.tensor(fill, dtype=torch.float32).expand(3).clone()
 
     def __call__(self, images, device: torch.device | str = "cpu"):
         if not (isinstance(images, dict) and "pixels" in images):
@@ -105,7 +146,7 @@ class PixelFinish:
             rows = torch.arange(out.shape[2], device=out.device).view(1, -1, 1)
             cols = torch.arange(out.shape[3], device=out.device).view(1, 1, -1)
             inside = (rows >= top) & (rows < top + height) & (cols >= left) & (cols < left + width)
-            out.masked_fill_(inside.unsqueeze(1), self.fill)
+            out.copy_(torch.where(inside.unsqueeze(1), self.fill.to(out.device).view(1, -1, 1, 1), out))
         return out[0] if single else out
 
 
@@ -123,9 +164,17 @@ def train_pixels(config: DataConfig) -> Callable:
     if config.pad > 0:
         steps += [T.Pad(config.pad), T.RandomCrop(size)]
     _statistics(config.normalization)  # a bad preset is named when the transform is built, not in a worker
-    # value 0 after normalisation is the per-channel mean (the fill of PixelFinish)
-    erasing = T.RandomErasing(p=config.random_erasing_prob, value=0) if config.random_erasing_prob > 0 else None
-    return T.Compose([*steps, PixelsForDevice(erasing)])
+    return T.Compose([*steps, PixelsForDevice(erasing_rule(config))])
+
+
+def erasing_rule(config: DataConfig) -> ReferenceErasing | TorchvisionErasing | None:
+    """``data.erasing``'s rectangle drawer (None without erasing)."""
+    if config.random_erasing_prob <= 0:
+        return None
+    if config.erasing == "torchvision":
+        return TorchvisionErasing(config.random_erasing_prob)
+    return ReferenceErasing(config.random_erasing_prob, tuple(config.erasing_area), config.erasing_min_aspect,
+                            config.erasing_attempts)
 
 
 def eval_pixels(config: DataConfig) -> Callable:
@@ -136,8 +185,8 @@ def eval_pixels(config: DataConfig) -> Callable:
 
 
 def pixel_finish(config: DataConfig) -> PixelFinish:
-    """The device half for ``config``'s normalisation."""
-    return PixelFinish(config.normalization)
+    """The device half for ``config``'s normalisation and erasing fill (torchvision's: 0, the mean)."""
+    return PixelFinish(config.normalization, 0.0 if config.erasing == "torchvision" else tuple(config.erasing_fill))
 
 
 def build_train_transform(config: DataConfig) -> Callable:
