@@ -92,6 +92,22 @@ def _merge_candidates_torch(best_sim, best_idx, new_sim, new_idx, k):
     return sims.gather(1, by_sim), idxs.gather(1, by_sim)
 
 
+def _block_halves(matrix: torch.Tensor, block_size: int) -> Iterator[tuple[torch.Tensor, int, int, int]]:
+    """The symmetric blocked self-product: each block pair (I, J ≥ I) is multiplied once and yielded as
+    (the block, rows of I, column offset J), then off the diagonal as (its transposed view, rows of J,
+    offset I). The caller drops its reference before asking for the next, so one block is alive."""
+    starts = list(range(0, matrix.shape[0], block_size))
+    for bi, i0 in enumerate(starts):
+        rows = matrix[i0 : i0 + block_size]
+        for j0 in starts[bi:]:
+            cols = matrix[j0 : j0 + block_size]
+            block = rows @ cols.T
+            yield block, i0, i0 + rows.shape[0], j0
+            if j0 != i0:
+                yield block.T, j0, j0 + cols.shape[0], i0
+            del block
+
+
 def _exact_knn_device(
     unit: torch.Tensor, k: int, block_size: int, track_farthest: bool
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
@@ -106,22 +122,13 @@ def _exact_knn_device(
     best_sim = torch.full((n, k), -math.inf, device=device)
     best_idx = torch.full((n, k), _INDEX_SENTINEL, dtype=torch.int64, device=device)
     min_sim = torch.full((n,), math.inf, device=device)
-    starts = list(range(0, n, block_size))
-    for bi, i0 in enumerate(starts):
-        rows = unit[i0 : i0 + block_size]
-        i1 = i0 + rows.shape[0]
-        for j0 in starts[bi:]:
-            cols = unit[j0 : j0 + block_size]
-            j1 = j0 + cols.shape[0]
-            block = rows @ cols.T
-            halves = [(block, i0, i1, j0)] + ([(block.T, j0, j1, i0)] if j0 != i0 else [])
-            for half, r0, r1, offset in halves:
-                sims, idxs = _block_candidates(half, offset, min(k, half.shape[1]))
-                best_sim[r0:r1], best_idx[r0:r1] = _merge_candidates_torch(best_sim[r0:r1], best_idx[r0:r1], sims, idxs, k)
-                del sims, idxs
-                if track_farthest:
-                    min_sim[r0:r1] = torch.minimum(min_sim[r0:r1], half.min(dim=1).values)
-            del block, halves
+    for half, r0, r1, offset in _block_halves(unit, block_size):
+        sims, idxs = _block_candidates(half, offset, min(k, half.shape[1]))
+        best_sim[r0:r1], best_idx[r0:r1] = _merge_candidates_torch(best_sim[r0:r1], best_idx[r0:r1], sims, idxs, k)
+        del sims, idxs
+        if track_farthest:
+            min_sim[r0:r1] = torch.minimum(min_sim[r0:r1], half.min(dim=1).values)
+        del half  # the next block is multiplied only once this one is gone
     farthest = min_sim.cpu().numpy() if track_farthest else None
     return best_idx.cpu().numpy(), best_sim.cpu().numpy(), farthest
 
@@ -161,22 +168,14 @@ def _candidate_lists(low: torch.Tensor, kk: int, block_size: int) -> tuple[torch
     n, device = low.shape[0], low.device
     best_val = torch.full((n, kk), -math.inf, device=device)
     best_idx = torch.full((n, kk), _INDEX_SENTINEL, dtype=torch.int64, device=device)
-    starts = list(range(0, n, block_size))
-    for bi, i0 in enumerate(starts):
-        rows = low[i0 : i0 + block_size]
-        i1 = i0 + rows.shape[0]
-        for j0 in starts[bi:]:
-            cols = low[j0 : j0 + block_size]
-            j1 = j0 + cols.shape[0]
-            block = rows @ cols.T
-            for half, r0, r1, offset in [(block, i0, i1, j0)] + ([(block.T, j0, j1, i0)] if j0 != i0 else []):
-                values, columns = half.topk(min(kk, half.shape[1]), dim=1)
-                merged_val = torch.cat([best_val[r0:r1], values.float()], dim=1)
-                merged_idx = torch.cat([best_idx[r0:r1], columns + offset], dim=1)
-                top_val, top = merged_val.topk(kk, dim=1)
-                best_val[r0:r1], best_idx[r0:r1] = top_val, merged_idx.gather(1, top)
-                del values, columns, merged_val, merged_idx, top_val, top
-            del block
+    for half, r0, r1, offset in _block_halves(low, block_size):
+        values, columns = half.topk(min(kk, half.shape[1]), dim=1)
+        del half
+        merged_val = torch.cat([best_val[r0:r1], values.float()], dim=1)
+        merged_idx = torch.cat([best_idx[r0:r1], columns + offset], dim=1)
+        top_val, top = merged_val.topk(kk, dim=1)
+        best_val[r0:r1], best_idx[r0:r1] = top_val, merged_idx.gather(1, top)
+        del values, columns, merged_val, merged_idx, top_val, top
     return best_val, best_idx
 
 
