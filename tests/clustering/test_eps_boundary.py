@@ -15,7 +15,7 @@ def test_entries_exactly_at_the_limit_are_kept_as_the_clusterer_counts_them():
     values = np.unique(full.data[(full.data > 0.2) & (full.data < 0.9)])
     rng = np.random.default_rng(0)
     checked = 0
-    for limit in rng.choice(values, 15, replace=False):  # each limit is a stored value: pairs exactly at it
+    for limit in rng.choice(values, 8, replace=False):  # each limit is a stored value: pairs exactly at it
         eps = float(limit)
         pruned = jaccard_distance(features, k1=20, k2=6, max_distance=eps)
         wanted = full.copy()
@@ -28,4 +28,4 @@ def test_entries_exactly_at_the_limit_are_kept_as_the_clusterer_counts_them():
         labels = DBSCAN(eps=eps, min_samples=4, metric="precomputed").fit_predict(pruned)
         np.testing.assert_array_equal(labels, DBSCAN(eps=eps, min_samples=4, metric="precomputed").fit_predict(full))
         checked += 1
-    assert checked == 15
+    assert checked == 8
