@@ -66,3 +66,32 @@ def test_an_image_too_small_for_any_rectangle_stays_whole():
     for _ in range(50):  # as in the reference, a rectangle rounded to no pixel "fits" and erases nothing
         box = ReferenceErasing(1.0, attempts=100).rectangle(torch.zeros(3, 1, 1))
         assert box is None or box[2] * box[3] == 0
+
+
+def test_cap_erases_two_to_twenty_percent_with_aspect_up_to_three():
+    config = DataConfig(erasing="cap", erasing_area=[0.02, 0.2], erasing_max_aspect=3.0, random_erasing_prob=1.0)
+    from uda_reid.data.transforms import erasing_rule
+
+    erasing = erasing_rule(config)
+    assert erasing.whole_side and erasing.area == (0.02, 0.2) and erasing.aspect == (0.3, 3.0)
+    random.seed(4)
+    boxes = np.array([erasing.rectangle(LARGE) for _ in range(6000)], dtype=float)
+    share, aspect = boxes[:, 2] * boxes[:, 3] / 4000**2, boxes[:, 2] / boxes[:, 3]
+    assert share.min() >= 0.02 * 0.995 and share.max() <= 0.2 * 1.005
+    assert aspect.min() >= 0.3 * 0.99 and aspect.max() <= 3.0 * 1.01
+    assert stats.kstest(share, stats.uniform(0.02, 0.18).cdf).pvalue > 1e-3  # every CAP rectangle fits a square
+    assert stats.kstest(aspect, stats.uniform(0.3, 2.7).cdf).pvalue > 1e-3
+
+
+def test_only_caps_rule_lets_a_rectangle_span_a_whole_side():
+    image = torch.zeros(3, 8, 4, dtype=torch.uint8)
+    whole = dict(area=(1.0, 1.0), aspect=(2.0, 2.0), attempts=5)  # always the whole 8×4 image
+    random.seed(5)
+    assert ReferenceErasing(1.0, **whole).rectangle(image) is None  # the reference: strictly inside only
+    assert ReferenceErasing(1.0, **whole, whole_side=True).rectangle(image) == (0, 0, 8, 4)
+
+
+def test_the_default_aspect_range_is_the_reference_inverse():
+    from uda_reid.data.transforms import erasing_rule
+
+    assert erasing_rule(DataConfig()).aspect == (0.3, 1 / 0.3) and not erasing_rule(DataConfig()).whole_side

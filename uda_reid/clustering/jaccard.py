@@ -242,9 +242,9 @@ def _jaccard_chunk(rows, indptr, indices, values, col_ptr, col_rows, col_values,
                     d = 0.0
                 if j == i and zero_diagonal:
                     d = 0.0
-                elif np.float64(np.float32(d)) > max_distance:
-                    # the stored float32 value decides, the one a clusterer compares with its eps:
-                    # a distance just above eps in float64 that rounds onto it is kept, as DBSCAN counts it
+                elif np.float32(d) > np.float32(max_distance):
+                    # both in float32, as DBSCAN compares the stored float32 values with its eps (numpy casts
+                    # a Python float to the array's dtype): with eps 0.6 a stored float32(0.6) is counted
                     continue
                 out_indices[slot + kept] = j
                 out_values[slot + kept] = d

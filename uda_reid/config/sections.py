@@ -69,13 +69,16 @@ class DataConfig:
     pad: int = setting(10, limit=NON_NEGATIVE)
     random_erasing_prob: float = setting(0.5, limit=PROBABILITY)
     erasing: str = setting(
-        "reference", choices=("reference", "torchvision"),
-        help="reference: Zhong et al.'s RandomErasing as SpCL, cluster-contrast, PPLR and CAP apply it (the erasing_* "
-             "keys); torchvision: transforms.RandomErasing(value=0), area 2-33 %, log-uniform aspect, 10 attempts")
+        "reference", choices=("reference", "cap", "torchvision"),
+        help="reference: Zhong et al.'s RandomErasing as SpCL, cluster-contrast and PPLR apply it (the erasing_* "
+             "keys); cap: CAP's copy of it (a rectangle may span a whole side; its recipes set area 2-20 %, aspect "
+             "0.3-3); torchvision: transforms.RandomErasing(value=0), area 2-33 %, log-uniform aspect, 10 attempts")
     erasing_area: list[float] = setting([0.02, 0.4], check=_ascending_pair, expects=ASCENDING_PAIR, limit=UP_TO_ONE,
                                         help="reference: the erased share of the image, uniform in [low, high]")
     erasing_min_aspect: float = setting(0.3, limit=UP_TO_ONE,
-                                        help="reference: height/width uniform in [this, 1/this]")
+                                        help="reference / cap: height/width uniform in [this, erasing_max_aspect]")
+    erasing_max_aspect: float | None = setting(None, limit=POSITIVE,
+                                               help="reference / cap: None = 1 / erasing_min_aspect (the reference's)")
     erasing_fill: list[float] = setting([0.485, 0.456, 0.406], check=_one_per_channel, expects="three numbers (R, G, B)",
                                         help="reference: per channel, the value the erased pixels get after normalising")
     erasing_attempts: int = setting(100, limit=AT_LEAST_ONE,
@@ -86,7 +89,8 @@ class DataConfig:
     workers: int = setting(4, limit=NON_NEGATIVE)
     skip_unreadable: bool = setting(False, help="warn and skip unreadable images instead of stopping")
 
-    relations: ClassVar[tuple[Relation, ...]] = (at_most("num_instances", "batch_size"),)
+    relations: ClassVar[tuple[Relation, ...]] = (at_most("num_instances", "batch_size"),
+                                                 at_most("erasing_min_aspect", "erasing_max_aspect"))
 
 
 @dataclass

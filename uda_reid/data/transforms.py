@@ -57,29 +57,34 @@ def _interpolation(name: str) -> T.InterpolationMode:
 
 
 class ReferenceErasing:
-    """Random erasing as Zhong et al. wrote it and SpCL, cluster-contrast, PPLR and CAP use it (their
+    """Random erasing as Zhong et al. wrote it and SpCL, cluster-contrast and PPLR use it (their
     ``RandomErasing(probability=0.5, sl=0.02, sh=0.4, r1=0.3, mean=[0.485, 0.456, 0.406])`` after
     Normalize, docs/methods.md §6): with probability ``p``, up to ``attempts`` rectangles are drawn,
-    area uniform in ``area`` × the image's, height/width uniform in [min_aspect, 1/min_aspect], until
+    area uniform in ``area`` × the image's, height/width uniform in ``aspect`` ([r1, 1/r1]), until
     one fits strictly inside; its pixels get ``fill`` per channel in normalised space (the fill is
     :class:`PixelFinish`'s). Python's ``random`` draws, as the reference: the DataLoader seeds it in
     every worker from the main process's torch generator, so a resumed run draws the same rectangles.
+
+    ``whole_side=True`` is CAP's own copy of the class: a rectangle may span the whole height or width
+    (``<=`` where the others test ``<``), and a draw equal to ``p`` erases (its ``>`` against ``>=``).
     """
 
-    def __init__(self, p: float, area: tuple[float, float] = (0.02, 0.4), min_aspect: float = 0.3,
-                 attempts: int = 100) -> None:
-        self.p, self.area, self.min_aspect, self.attempts = p, tuple(area), min_aspect, attempts
+    def __init__(self, p: float, area: tuple[float, float] = (0.02, 0.4), aspect: tuple[float, float] = (0.3, 1 / 0.3),
+                 attempts: int = 100, *, whole_side: bool = False) -> None:
+        self.p, self.area, self.aspect, self.attempts, self.whole_side = p, tuple(area), tuple(aspect), attempts, whole_side
 
     def rectangle(self, pixels: torch.Tensor) -> tuple[int, int, int, int] | None:
         """(top, left, height, width) of the rectangle to erase in ``pixels`` (C×H×W), or None."""
-        if random.uniform(0, 1) >= self.p:
+        draw = random.uniform(0, 1)
+        if draw > self.p or (draw == self.p and not self.whole_side):
             return None
         height, width = pixels.shape[-2:]
         for _ in range(self.attempts):
             target = random.uniform(*self.area) * height * width
-            aspect = random.uniform(self.min_aspect, 1 / self.min_aspect)
+            aspect = random.uniform(*self.aspect)
             h, w = int(round(math.sqrt(target * aspect))), int(round(math.sqrt(target / aspect)))
-            if w < width and h < height:
+            fits = (w <= width and h <= height) if self.whole_side else (w < width and h < height)
+            if fits:
                 return random.randint(0, height - h), random.randint(0, width - w), h, w
         return None
 
@@ -173,8 +178,9 @@ def erasing_rule(config: DataConfig) -> ReferenceErasing | TorchvisionErasing | 
         return None
     if config.erasing == "torchvision":
         return TorchvisionErasing(config.random_erasing_prob)
-    return ReferenceErasing(config.random_erasing_prob, tuple(config.erasing_area), config.erasing_min_aspect,
-                            config.erasing_attempts)
+    high = config.erasing_max_aspect if config.erasing_max_aspect is not None else 1 / config.erasing_min_aspect
+    return ReferenceErasing(config.random_erasing_prob, tuple(config.erasing_area), (config.erasing_min_aspect, high),
+                            config.erasing_attempts, whole_side=config.erasing == "cap")
 
 
 def eval_pixels(config: DataConfig) -> Callable:
