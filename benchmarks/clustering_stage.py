@@ -32,6 +32,7 @@ from typing import Any
 import click
 import numpy as np
 import torch
+from sklearn.cluster import DBSCAN
 
 from uda_reid.clustering.cluster import CLUSTERERS, make_clusterer
 from uda_reid.clustering.inputs import unit_features
@@ -255,6 +256,12 @@ def run_benchmark(
         "stage": round(_peak_rss_gib(), 3),
         "peak_counter_reset": peak_reset,
     }
+    if clusterer == "dbscan":  # scikit-learn's DBSCAN on the same matrix: the reference of the graph version
+        start = time.perf_counter()
+        expected = DBSCAN(eps=float(model.eps), min_samples=int(model.min_samples), metric="precomputed").fit(distance)
+        report["seconds"]["cluster_sklearn"] = round(time.perf_counter() - start, 3)
+        report["cluster_speedup_vs_sklearn"] = round(report["seconds"]["cluster_sklearn"] / max(cluster_seconds, 1e-9), 2)
+        report["labels_equal_sklearn"] = bool(np.array_equal(labels, expected.labels_))
     report["stored_distances"] = int(distance.nnz)
     report["clusters"] = int(labels.max()) + 1 if labels.max() >= 0 else 0
     report["outliers"] = int((labels < 0).sum())

@@ -72,10 +72,11 @@ def test_the_gpu_check_writes_at_most_eight_files_and_judges_the_targets(tmp_pat
     the device tool's eight, each target judged against the figures (or None when not measured)."""
     import gpu_check
 
-    throughput = {"sizes": {"paper": {"bf16": {"step": {"step_images_per_s": 5200.0}, "step_speedup_vs_fp32": 1.5,
+    throughput = {"sizes": {"paper": {"bf16": {"step": {"step_images_per_s": 5200.0, "step_vs_bare": 0.8}, "step_speedup_vs_fp32": 1.5,
                                                "extraction": {"extract_images_per_s": 8000.0, "extract_vs_bare": 0.93}}}}}
     canned = {"training_throughput.py": json.dumps(throughput),
-              "clustering_stage.py": "N=... figures\n" + json.dumps({"seconds": {"knn_plus_jaccard": 12.5}})}
+              "clustering_stage.py": "N=... figures\n" + json.dumps({"seconds": {"knn_plus_jaccard": 12.5},
+                                                                     "labels_equal_sklearn": True})}
 
     def fake_run(command, timeout_s, cwd=None, env=None):
         assert timeout_s >= 1
@@ -99,7 +100,9 @@ def test_the_gpu_check_writes_at_most_eight_files_and_judges_the_targets(tmp_pat
     verdicts = {v["figure"]: v["met"] for v in json.loads((out / "summary.json").read_text())["targets"]}
     assert verdicts["throughput.json:sizes.paper.bf16.step.step_images_per_s"] is True
     assert verdicts["throughput.json:sizes.paper.bf16.step_speedup_vs_fp32"] is False
+    assert verdicts["throughput.json:sizes.paper.bf16.step.step_vs_bare"] is False  # 20 % outside the network
     assert verdicts["clustering_1000000x256.json:seconds.knn_plus_jaccard"] is False
+    assert verdicts["clustering_1000000x256.json:labels_equal_sklearn"] is True
     assert verdicts["main_job.json:seconds"] is True
     assert verdicts["clustering_32621x2048.json:float32_product.differing_list_entries"] is None  # not measured
 

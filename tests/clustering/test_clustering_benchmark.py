@@ -18,6 +18,9 @@ def test_benchmark_json_with_reference_and_floor(capsys, tmp_path):
     assert printed["reference"]["rows_with_different_neighbor_sets"] == 0
     assert printed["clusters"] + printed["outliers"] > 0
     assert printed["seconds"]["knn_plus_jaccard"] > 0 and printed["floor"]["seconds"] > 0
+    # DBSCAN is timed against scikit-learn's on the same matrix, labels compared
+    assert printed["labels_equal_sklearn"] is True and printed["seconds"]["cluster_sklearn"] > 0
+    assert printed["cluster_speedup_vs_sklearn"] > 0
 
 
 def test_benchmark_reports_recall_for_approximate_knn_on_loaded_features(capsys, tmp_path):

@@ -27,7 +27,6 @@ from hdbscan.hdbscan_ import (
     _tree_to_labels,  # the package's labelling of a spanning tree
 )
 from numba import njit
-from sklearn.cluster import DBSCAN
 
 from ..errors import ConfigError
 from ..registry import Registry
@@ -40,6 +39,7 @@ from .inputs import (
 )
 from .jaccard import check_jaccard_parameters, jaccard_distance, jaccard_from_neighbors
 from .knn import NeighborLists, knn_search
+from .sparse_dbscan import dbscan_labels
 
 DistanceMatrix = sp.spmatrix | np.ndarray
 
@@ -112,7 +112,8 @@ class Clusterer(abc.ABC):
 
 @CLUSTERERS.register("dbscan")
 class DBSCANClusterer(Clusterer):
-    """DBSCAN on a precomputed distance (scikit-learn), defaults eps 0.6 and min_samples 4 as SpCL.
+    """DBSCAN on a precomputed distance, defaults eps 0.6 and min_samples 4 as SpCL: scikit-learn's
+    labels, computed as connected components on a sparse symmetric distance (``sparse_dbscan``).
 
     A sample counts in its own neighbourhood (so the sparse Jaccard matrix stores its zero diagonal).
     """
@@ -131,9 +132,7 @@ class DBSCANClusterer(Clusterer):
         _check_number("eps", self.eps, low=0.0, low_open=True)
         _check_number("min_samples", self.min_samples, low=1, integer=True)
         matrix = _check_distance(distance, at_most_one=False)
-        model = DBSCAN(eps=float(self.eps), min_samples=int(self.min_samples), metric="precomputed")
-        self.labels_ = model.fit(matrix).labels_.astype(np.int64)
-        self.core_sample_indices_ = model.core_sample_indices_
+        self.labels_, self.core_sample_indices_ = dbscan_labels(matrix, float(self.eps), int(self.min_samples))
         return self
 
 

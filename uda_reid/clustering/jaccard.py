@@ -231,11 +231,13 @@ def _jaccard_chunk(rows, indptr, indices, values, col_ptr, col_rows, col_values,
                         touched[count] = j
                         count += 1
                     overlap[j] += min(weight, col_values[f])
-            candidates = np.sort(touched[:count])
+            cut = max_distance < 1.0
+            if not cut:  # everything is kept: sort the candidates as they are
+                touched[:count].sort()
             slot = slot_ptr[q]
             kept = 0
-            for a in range(count):
-                j = candidates[a]
+            for a in range(count):  # with a cut: cut first, then sort only what is kept (a tenth of it at eps)
+                j = touched[a]
                 s = overlap[j]
                 d = 1.0 - s / (2.0 - s)
                 if clip_negative and d < 0.0:
@@ -249,7 +251,30 @@ def _jaccard_chunk(rows, indptr, indices, values, col_ptr, col_rows, col_values,
                 out_indices[slot + kept] = j
                 out_values[slot + kept] = d
                 kept += 1
+            if cut:
+                _sort_by_column(out_indices[slot : slot + kept], out_values[slot : slot + kept])
             out_counts[q] = kept
+
+
+@njit(cache=True)
+def _sort_by_column(columns, distances):
+    """Sort one row's entries by column in place: insertion sort for the short rows a cut at eps
+    leaves, an argsort for long ones."""
+    count = columns.shape[0]
+    if count > 48:
+        order = np.argsort(columns)
+        columns[:] = columns[order]
+        distances[:] = distances[order]
+        return
+    for a in range(1, count):
+        column, distance = columns[a], distances[a]
+        b = a - 1
+        while b >= 0 and columns[b] > column:
+            columns[b + 1] = columns[b]
+            distances[b + 1] = distances[b]
+            b -= 1
+        columns[b + 1] = column
+        distances[b + 1] = distance
 
 
 @njit(cache=True, parallel=True)
