@@ -36,6 +36,7 @@ from .inputs import (
 )
 from .knn import knn_search
 from .knn_common import dot_rows
+from .sparse_columns import csr_columns
 
 # Upper bound on the temporary entries one Jaccard chunk may hold (8 bytes each: 32 MiB).
 _CHUNK_ENTRIES = 1 << 22
@@ -383,10 +384,7 @@ def jaccard_rows(
     """
     n = len(expanded.indptr) - 1
     rows = np.arange(n, dtype=np.int64) if rows is None else np.ascontiguousarray(rows, dtype=np.int64)
-    columns = sp.csr_matrix((expanded.values, expanded.indices, expanded.indptr), shape=(n, n), copy=False).tocsc()
-    col_ptr = columns.indptr.astype(np.int64, copy=False)
-    col_rows = columns.indices.astype(np.int32, copy=False)
-    col_values = columns.data.astype(np.float32, copy=False)
+    col_ptr, col_rows, col_values = csr_columns(expanded.indptr, expanded.indices, expanded.values, n)
     bounds = _candidate_bounds(rows, expanded.indptr, expanded.indices, col_ptr, n)
     kept_indices: list[np.ndarray] = []
     kept_values: list[np.ndarray] = []
@@ -419,7 +417,7 @@ def jaccard_rows(
         kept_values.append(out_values[keep])
         counts[start:stop] = chunk_counts
         start = stop
-    del columns, col_ptr, col_rows, col_values, seen_by_task, overlap_by_task, touched_by_task
+    del col_ptr, col_rows, col_values, seen_by_task, overlap_by_task, touched_by_task
     indptr = np.zeros(len(rows) + 1, dtype=np.int64)
     np.cumsum(counts, out=indptr[1:])
     # np.empty pages are only resident once written, and each chunk is freed after its copy, so the
