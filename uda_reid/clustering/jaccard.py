@@ -257,6 +257,17 @@ def _jaccard_chunk(rows, indptr, indices, values, col_ptr, col_rows, col_values,
             out_counts[q] = kept
 
 
+@njit(cache=True, parallel=True)
+def _compact(slot_ptr, kept_ptr, out_indices, out_values, indices, values):
+    """Each row's kept entries, from the start of its candidate slot to one contiguous array."""
+    for q in prange(kept_ptr.shape[0] - 1):
+        source = slot_ptr[q]
+        for a in range(kept_ptr[q], kept_ptr[q + 1]):
+            indices[a] = out_indices[source]
+            values[a] = out_values[source]
+            source += 1
+
+
 @njit(cache=True)
 def _sort_by_column(columns, distances):
     """Sort one row's entries by column in place: insertion sort for the short rows a cut at eps
@@ -409,12 +420,13 @@ def jaccard_rows(
             slot_ptr, out_indices, out_values, chunk_counts, float(max_distance), clip_negative, zero_diagonal,
             seen_by_task, overlap_by_task, touched_by_task,
         )
-        kept_total = int(chunk_counts.sum())
-        row_of_kept = np.repeat(np.arange(len(chunk_rows)), chunk_counts)
-        first_kept = np.cumsum(chunk_counts) - chunk_counts  # position of each row's first kept entry
-        keep = slot_ptr[row_of_kept] + (np.arange(kept_total) - first_kept[row_of_kept])
-        kept_indices.append(out_indices[keep])
-        kept_values.append(out_values[keep])
+        kept_ptr = np.zeros(len(chunk_rows) + 1, dtype=np.int64)
+        np.cumsum(chunk_counts, out=kept_ptr[1:])
+        chunk_indices = np.empty(kept_ptr[-1], dtype=np.int32)
+        chunk_values = np.empty(kept_ptr[-1], dtype=np.float32)
+        _compact(slot_ptr, kept_ptr, out_indices, out_values, chunk_indices, chunk_values)
+        kept_indices.append(chunk_indices)
+        kept_values.append(chunk_values)
         counts[start:stop] = chunk_counts
         start = stop
     del col_ptr, col_rows, col_values, seen_by_task, overlap_by_task, touched_by_task
