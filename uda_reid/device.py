@@ -47,8 +47,9 @@ def loader_workers(requested: int) -> int:
 def loader_options(requested_workers: int, device: torch.device) -> dict:
     """DataLoader settings for a process feeding ``device``: its share of the workers; with a GPU,
     pinned batches (an asynchronous copy) and 4 batches prefetched per worker (uint8 batches are
-    small). Workers are not persistent: every epoch's loader seeds its workers from the main
-    process's random state, which checkpoints keep, so a resumed run draws the same augmentations."""
+    small). Workers are not persistent: an epoch's dataset holds that epoch's pseudo-labels, and every
+    epoch's loader seeds its workers from the main process's random state, which checkpoints keep,
+    so a resumed run draws the same augmentations."""
     workers = loader_workers(requested_workers)
     options: dict = {"num_workers": workers, "pin_memory": device.type == "cuda"}
     if workers > 0 and device.type == "cuda":
