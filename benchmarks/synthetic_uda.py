@@ -32,6 +32,8 @@ from uda_reid.precision import PRECISIONS
 # name: (recipe, overrides applied on top of it)
 RUNS: dict[str, tuple[str, dict[str, Any]]] = {
     "spcl_uda": ("spcl_synthx_to_synthm", {}),
+    # the random erasing uda_reid used before 0.2.0 (torchvision's, zero fill), from the same source models
+    "spcl_uda_torchvision_erasing": ("spcl_synthx_to_synthm", {"data.erasing": "torchvision"}),
     "spcl_usl": ("spcl_synthx_to_synthm", {"source": None}),
     "baseline": ("baseline_synthx_to_synthm", {}),
     "baseline_gds": ("baseline_synthx_to_synthm", {"gds.enabled": True}),
@@ -44,6 +46,7 @@ RUNS: dict[str, tuple[str, dict[str, Any]]] = {
     "pplr_cap_losses_usl": ("pplr_usl_synthm", {"camera_proxies.mode": "cap"}),
     "cap_usl": ("cap_usl_synthm", {}),
     "cluster_contrast_usl": ("cluster_contrast_usl_synthm", {}),
+    "cluster_contrast_usl_torchvision_erasing": ("cluster_contrast_usl_synthm", {"data.erasing": "torchvision"}),
     # the same with eps derived from the data (Song et al.), against the recipe's tuned 0.5
     "cluster_contrast_usl_eps_auto": ("cluster_contrast_usl_synthm", {"clustering.eps": "auto"}),
     # rho from a prior of the images per identity (12.3 of 1,843 on synthm) instead of Market's 1.6e-3

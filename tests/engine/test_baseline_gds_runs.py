@@ -31,8 +31,9 @@ def test_baseline_with_gds_h_logs_losses_and_global_statistics_and_draws_the_dis
     for row in logged[1:]:
         assert {"loss_id", "loss_triplet", "loss_gds", "loss_gds_hard", "iterations"} <= set(row)
         assert "loss_source" not in row  # the baseline trains on target batches only
-        assert row["gds_tail_pos"] == pytest.approx(row["gds_mean_pos"] + 3 * row["gds_std_pos"], abs=2e-5)
-        assert row["gds_tail_neg"] == pytest.approx(row["gds_mean_neg"] - 3 * row["gds_std_neg"], abs=2e-5)
+        # each figure is logged to 5 decimals: tail, mean and 3 x std round by up to 0.5e-5 + 0.5e-5 + 1.5e-5
+        assert row["gds_tail_pos"] == pytest.approx(row["gds_mean_pos"] + 3 * row["gds_std_pos"], abs=2.6e-5)
+        assert row["gds_tail_neg"] == pytest.approx(row["gds_mean_neg"] - 3 * row["gds_std_neg"], abs=2.6e-5)
     # the global statistics moved away from the initial 0.5 / sqrt(1/6) and are kept in the checkpoint
     assert logged[-1]["gds_mean_neg"] != pytest.approx(0.5, abs=1e-3)
     saved = load_checkpoint(tmp_path / "last.pt")["train_state"]["add_ons"]["gds"]
