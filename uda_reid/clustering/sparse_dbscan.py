@@ -66,7 +66,7 @@ def _neighbourhood_graph(distance: sp.spmatrix, eps: float) -> tuple[sp.csr_matr
             return None
     n = matrix.shape[0]
     within = matrix.data <= eps  # numpy's cast of eps to the array's float type, as scikit-learn's
-    rows = np.repeat(np.arange(n), np.diff(matrix.indptr))
+    rows = np.repeat(np.arange(n, dtype=np.int32), np.diff(matrix.indptr))
     off_diagonal = within & (matrix.indices != rows)
     neighbours = sp.csr_matrix(
         (np.ones(int(off_diagonal.sum()), dtype=np.int8), matrix.indices[off_diagonal], _indptr(rows[off_diagonal], n)),
