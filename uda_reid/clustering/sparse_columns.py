@@ -16,8 +16,10 @@ from numba import njit, prange
 _COUNTER_BYTES = 256 * 2**20
 
 
-def csr_columns(indptr: np.ndarray, indices: np.ndarray, values: np.ndarray, n_columns: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(col_ptr int64, col_rows int32, col_values float32) of a CSR matrix given by its arrays."""
+def csr_columns(indptr: np.ndarray, indices: np.ndarray, values: np.ndarray, n_columns: int, *,
+                with_values: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(col_ptr int64, col_rows int32, col_values float32) of a CSR matrix given by its arrays
+    (``with_values=False``: the pattern only, ``values`` ignored and col_values empty)."""
     n_rows = len(indptr) - 1
     tasks = int(max(1, min(numba.get_num_threads(), n_rows, _COUNTER_BYTES // (8 * max(n_columns, 1)))))
     counts = np.zeros((tasks, n_columns), dtype=np.int64)
@@ -28,8 +30,9 @@ def csr_columns(indptr: np.ndarray, indices: np.ndarray, values: np.ndarray, n_c
     np.cumsum(counts.sum(axis=0), out=col_ptr[1:])
     _starts(counts, col_ptr)
     col_rows = np.empty(col_ptr[-1], dtype=np.int32)
-    col_values = np.empty(col_ptr[-1], dtype=np.float32)
-    _place(indptr, indices, np.ascontiguousarray(values, dtype=np.float32), counts, col_rows, col_values)
+    col_values = np.empty(col_ptr[-1] if with_values else 0, dtype=np.float32)
+    values = np.ascontiguousarray(values, dtype=np.float32) if with_values else col_values
+    _place(indptr, indices, values, counts, col_rows, col_values, with_values)
     return col_ptr, col_rows, col_values
 
 
@@ -60,7 +63,7 @@ def _starts(counts, col_ptr):
 
 
 @njit(cache=True, parallel=True)
-def _place(indptr, indices, values, starts, col_rows, col_values):
+def _place(indptr, indices, values, starts, col_rows, col_values, with_values):
     tasks, n_rows = starts.shape[0], indptr.shape[0] - 1
     for t in prange(tasks):
         low, high = _block(t, tasks, n_rows)
@@ -69,5 +72,6 @@ def _place(indptr, indices, values, starts, col_rows, col_values):
                 column = indices[e]
                 position = starts[t, column]
                 col_rows[position] = row
-                col_values[position] = values[e]
+                if with_values:
+                    col_values[position] = values[e]
                 starts[t, column] = position + 1

@@ -26,6 +26,8 @@ import scipy.sparse as sp
 from scipy.sparse.csgraph import connected_components
 from sklearn.cluster import DBSCAN
 
+from .sparse_columns import csr_columns
+
 
 def dbscan_labels(distance: sp.csr_matrix | np.ndarray, eps: float, min_samples: int) -> tuple[np.ndarray, np.ndarray]:
     """(labels int64 with −1 = noise, core sample indices) exactly as ``sklearn.cluster.DBSCAN(eps,
@@ -40,7 +42,9 @@ def dbscan_labels(distance: sp.csr_matrix | np.ndarray, eps: float, min_samples:
     labels = np.full(distance.shape[0], -1, dtype=np.int64)
     if core_index.size == 0:
         return labels, core_index
-    _, component = connected_components(neighbours[core_index][:, core_index], directed=False)
+    # on a symmetric graph the strong components are the connected ones, and scipy finds them
+    # without building the transpose it needs for directed=False
+    _, component = connected_components(neighbours[core_index][:, core_index], directed=True, connection="strong")
     _, first = np.unique(component, return_index=True)  # position of each component's lowest core index
     label_of_component = np.empty(first.size, dtype=np.int64)
     label_of_component[np.argsort(first, kind="stable")] = np.arange(first.size)
@@ -68,15 +72,12 @@ def _neighbourhood_graph(distance: sp.spmatrix, eps: float) -> tuple[sp.csr_matr
     within = matrix.data <= eps  # numpy's cast of eps to the array's float type, as scikit-learn's
     rows = np.repeat(np.arange(n, dtype=np.int32), np.diff(matrix.indptr))
     off_diagonal = within & (matrix.indices != rows)
-    neighbours = sp.csr_matrix(
-        (np.ones(int(off_diagonal.sum()), dtype=np.int8), matrix.indices[off_diagonal], _indptr(rows[off_diagonal], n)),
-        shape=(n, n),
-    )
-    if (neighbours != neighbours.T).nnz:
+    kept_before = np.concatenate(([0], np.cumsum(off_diagonal, dtype=np.int64)))
+    indptr, indices = kept_before[matrix.indptr], matrix.indices[off_diagonal]
+    # symmetric iff the column view (the transpose's rows, each in increasing order) is the same pattern
+    col_ptr, col_rows, _ = csr_columns(indptr, indices, np.zeros(0, dtype=np.float32), n, with_values=False)
+    if not (np.array_equal(indptr, col_ptr) and np.array_equal(indices, col_rows)):
         return None
+    neighbours = sp.csr_matrix((np.ones(len(indices), dtype=np.int8), indices, indptr), shape=(n, n))
     itself = np.asarray(matrix.diagonal() <= eps)  # an absent diagonal entry reads 0
     return neighbours, np.diff(neighbours.indptr) + itself.astype(np.int64)
-
-
-def _indptr(rows: np.ndarray, n: int) -> np.ndarray:
-    return np.concatenate(([0], np.cumsum(np.bincount(rows, minlength=n)))).astype(np.int64)
