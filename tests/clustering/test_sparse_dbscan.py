@@ -101,3 +101,12 @@ def test_no_core_sample_leaves_everything_noise():
     matrix = symmetric_distance(100, 1, seed=1)
     labels = assert_same_as_sklearn(matrix, 0.01, 10)
     assert (labels == -1).all()
+
+
+@pytest.mark.parametrize("dtype", [np.int32, np.int64])
+def test_integer_distances_compare_with_eps_as_sklearn_does(dtype):
+    matrix = symmetric_distance(500, 6, seed=12, dtype=np.float64, levels=10)
+    matrix.data = np.round(matrix.data * 10)  # distances 1..10, eps 5 and 5.5
+    matrix = matrix.astype(dtype)
+    for eps in (5.0, 5.5):
+        assert_same_as_sklearn(matrix, eps, 4)

@@ -16,13 +16,15 @@ alone, so scipy's connected components give the same labels:
   before starting the next); the rest are noise (−1).
 
 A matrix whose neighbourhood graph is not symmetric, or that holds duplicate entries, goes to
-scikit-learn itself: there the order of the search decides, not the graph.
+scikit-learn itself: there the order of the search decides, not the graph (so do values other than
+float32, float64 and integers of up to 32 bits).
 """
 
 from __future__ import annotations
 
 import numpy as np
 import scipy.sparse as sp
+from numba import njit, prange
 from scipy.sparse.csgraph import connected_components
 from sklearn.cluster import DBSCAN
 
@@ -61,7 +63,7 @@ def dbscan_labels(distance: sp.csr_matrix | np.ndarray, eps: float, min_samples:
 
 def _neighbourhood_graph(distance: sp.spmatrix, eps: float) -> tuple[sp.csr_matrix, np.ndarray] | None:
     """(off-diagonal neighbour pattern, neighbourhood sizes incl. the sample itself), or None when
-    the pattern is not symmetric or the matrix holds duplicate entries."""
+    the pattern is not symmetric, the matrix holds duplicate entries or values of another type."""
     matrix = distance.tocsr()
     if not matrix.has_canonical_format:
         matrix = matrix.copy()
@@ -69,15 +71,54 @@ def _neighbourhood_graph(distance: sp.spmatrix, eps: float) -> tuple[sp.csr_matr
         if not matrix.has_canonical_format:  # duplicates: scikit-learn counts each one
             return None
     n = matrix.shape[0]
-    within = matrix.data <= eps  # numpy's cast of eps to the array's float type, as scikit-learn's
-    rows = np.repeat(np.arange(n, dtype=np.int32), np.diff(matrix.indptr))
-    off_diagonal = within & (matrix.indices != rows)
-    kept_before = np.concatenate(([0], np.cumsum(off_diagonal, dtype=np.int64)))
-    indptr, indices = kept_before[matrix.indptr], matrix.indices[off_diagonal]
+    comparable = _comparable(matrix.data, eps)
+    if comparable is None:  # int64, long double, bool: left to scikit-learn
+        return None
+    data, limit = comparable
+    counts = np.zeros(n, dtype=np.int64)
+    itself = np.ones(n, dtype=np.bool_)  # an absent diagonal entry reads 0, within any eps > 0
+    indptr_in = matrix.indptr.astype(np.int64, copy=False)
+    _count_within(indptr_in, matrix.indices, data, limit, counts, itself)
+    indptr = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(counts, out=indptr[1:])
+    indices = np.empty(indptr[-1], dtype=np.int32)
+    _fill_within(indptr_in, matrix.indices, data, limit, indptr, indices)
     # symmetric iff the column view (the transpose's rows, each in increasing order) is the same pattern
     col_ptr, col_rows, _ = csr_columns(indptr, indices, np.zeros(0, dtype=np.float32), n, with_values=False)
     if not (np.array_equal(indptr, col_ptr) and np.array_equal(indices, col_rows)):
         return None
     neighbours = sp.csr_matrix((np.ones(len(indices), dtype=np.int8), indices, indptr), shape=(n, n))
-    itself = np.asarray(matrix.diagonal() <= eps)  # an absent diagonal entry reads 0
-    return neighbours, np.diff(neighbours.indptr) + itself.astype(np.int64)
+    return neighbours, counts + itself
+
+
+def _comparable(data: np.ndarray, eps: float) -> tuple[np.ndarray, np.generic] | None:
+    """The values and eps as scikit-learn's ``data <= eps`` compares them (numpy casts the Python
+    float to the array's float type; integers compare in float64), or None for other types."""
+    if data.dtype in (np.float32, np.float64):
+        return data, data.dtype.type(eps)
+    if np.issubdtype(data.dtype, np.integer) and data.dtype.itemsize <= 4:  # exact in float64
+        return data.astype(np.float64), np.float64(eps)
+    return None
+
+
+@njit(cache=True, parallel=True)
+def _count_within(indptr, indices, data, limit, counts, itself):
+    """Per row: off-diagonal entries <= limit; whether a stored diagonal entry is <= limit."""
+    for row in prange(indptr.shape[0] - 1):
+        kept = 0
+        for e in range(indptr[row], indptr[row + 1]):
+            if indices[e] == row:
+                itself[row] = data[e] <= limit
+            elif data[e] <= limit:
+                kept += 1
+        counts[row] = kept
+
+
+@njit(cache=True, parallel=True)
+def _fill_within(indptr, indices, data, limit, out_indptr, out_indices):
+    for row in prange(indptr.shape[0] - 1):
+        position = out_indptr[row]
+        for e in range(indptr[row], indptr[row + 1]):
+            if indices[e] != row and data[e] <= limit:
+                out_indices[position] = indices[e]
+                position += 1
